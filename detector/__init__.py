@@ -1,0 +1,1 @@
+"""GoogLeNet R-CNN detector: region classifier, training, inference and the command line."""

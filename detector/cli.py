@@ -1,0 +1,102 @@
+"""Command-line entry points: ``rcnn <command>`` and ``detect``.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args, config)``
+(``config`` is the resolved :class:`detector.config.Config`, or None for commands that take no
+config). Errors a user can fix print one line and exit with status 2; ``--debug`` shows the
+traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import textwrap
+
+from eval.errors import UserError
+
+#: command name -> (module, takes a --config, one-line help)
+COMMANDS: dict[str, tuple[str, bool, str]] = {
+    "data": ("detector.commands.data", True, "read a dataset split and print its statistics"),
+    "config": ("detector.commands.config", True, "print the resolved config (file + --set overrides)"),
+}
+
+EPILOG = textwrap.dedent(
+    """\
+    examples:
+      rcnn data --config animals_voc --split train
+      rcnn config --config voc2007 --set train.lr=0.0005
+    configs are YAML files or shipped names (voc2007, ilsvrc_det, coco, animals_voc, tiny);
+    `rcnn COMMAND --help` tells each command's options and defaults.
+    """
+)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --set, shared by every command that runs from a config."""
+    parser.add_argument(
+        "--config", "-c", default=None,
+        help="YAML config file or shipped name (voc2007, ilsvrc_det, coco, animals_voc, tiny)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=0.001 (repeatable, type-checked)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rcnn",
+        description="R-CNN object detection with a GoogLeNet region classifier (ILSVRC 2014 style).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, takes_config, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(
+            name, help=help_text, description=module.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        sub.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        if takes_config:
+            add_config_arguments(sub)
+        module.add_arguments(sub)
+        sub.set_defaults(module=module, takes_config=takes_config)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Load the config (when the command takes one) and run the command; returns the exit code."""
+    config = None
+    if args.takes_config:
+        from detector.config import load_config
+
+        config = load_config(args.config, args.overrides)
+    return int(args.module.run(args, config) or 0)
+
+
+def guarded(function, args: argparse.Namespace) -> int:
+    """Run `function(args)`, turning user errors and Ctrl-C into one line and an exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return function(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rcnn``: the experiment command with subcommands."""
+    args = build_parser().parse_args(argv)
+    return guarded(run_command, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

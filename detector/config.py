@@ -1,0 +1,232 @@
+"""Experiment configuration: dataclasses loaded from YAML, overridable with ``--set a.b=value``.
+
+A config file may name a ``base:`` file (relative to itself or a shipped config name) whose
+values it overrides. Unknown keys and values of the wrong type are errors naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from configs import config_path
+from eval.atomic import write_text
+from eval.datasets import DatasetConfig
+from eval.errors import UserError
+from proposals.config import ProposalConfig
+
+
+@dataclass
+class ModelConfig:
+    """The GoogLeNet region classifier."""
+
+    arch: str = "googlenet"
+    init: str = "imagenet"  #: imagenet | random | path to a .pth of torchvision GoogLeNet weights
+    mode: str = "crop"  #: crop (R-CNN warped regions)
+    input_size: int = 224  #: warped region side (pixels)
+    context_pad: int = 16  #: context pixels around each region at the warped size (R-CNN)
+    aux_classifiers: bool = True  #: train with the two auxiliary heads (dropped at inference)
+    dropout: float = 0.4  #: main head dropout (GoogLeNet paper)
+
+
+@dataclass
+class TrainConfig:
+    """R-CNN fine-tuning of the region classifier."""
+
+    iterations: int = 40000
+    images_per_batch: int = 2
+    regions_per_batch: int = 128
+    fg_fraction: float = 0.25  #: 32 foreground of 128 (R-CNN)
+    fg_iou: float = 0.5  #: foreground: IoU >= this with a ground-truth box
+    bg_iou_low: float = 0.1  #: background: IoU in [bg_iou_low, bg_iou_high)
+    bg_iou_high: float = 0.5
+    bbox_iou: float = 0.6  #: box-regression targets for proposals with IoU >= this (R-CNN)
+    bbox_loss_weight: float = 1.0
+    aux_loss_weight: float = 0.3  #: each auxiliary classifier's loss weight (GoogLeNet)
+    lr: float = 0.001  #: 1/10 of the pre-training rate (R-CNN)
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    schedule: str = "step"  #: step | cosine
+    lr_steps: list[int] = field(default_factory=lambda: [30000])
+    lr_gamma: float = 0.1
+    warmup_iterations: int = 0
+    flip: bool = True  #: random horizontal flip of training images
+    ema_decay: float = 0.0  #: Polyak averaging of the weights (0 = off)
+    precision: str = "auto"  #: auto (bf16 on capable CPUs, fp16 AMP on CUDA) | fp32 | bf16 | fp16
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    val_every: int = 0  #: validation mAP every N iterations (0 = off)
+    workers: int = 2  #: DataLoader worker processes
+    classifier: str = "softmax"  #: softmax | svm (R-CNN per-class linear SVMs on features)
+    svm_c: float = 0.001
+    svm_neg_iou: float = 0.3
+    svm_mining_rounds: int = 3
+    ridge_lambda: float = 1000.0
+
+
+@dataclass
+class TestConfig:
+    """Inference and post-processing."""
+
+    batch_size: int = 64  #: regions per forward pass
+    nms_iou: float = 0.3  #: per-class greedy NMS threshold (R-CNN)
+    score_threshold: float = 0.05
+    max_detections: int = 100  #: per image
+    fusion: str = "nms"  #: nms | vote (box voting) | wbf (weighted boxes fusion)
+    vote_iou: float = 0.5  #: box voting neighbourhood (Gidaris & Komodakis)
+    flip: bool = False  #: test-time horizontal flip, averaged like an extra model
+    precision: str = "auto"
+    weights: list[str] = field(default_factory=list)  #: checkpoints; several = ensemble
+
+
+@dataclass
+class EvalConfig:
+    """How detections are scored."""
+
+    metric: str = "auto"  #: auto (by data.format) | voc07 | voc10 | ilsvrc | coco
+
+
+@dataclass
+class Config:
+    """Everything one experiment needs; written as config.yaml beside its outputs."""
+
+    name: str = "experiment"
+    output_dir: str = "runs/{name}"
+    seed: int = 0
+    data: DatasetConfig = field(default_factory=DatasetConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+# --------------------------------------------------------------------------- typed merging
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """`value` checked against type `tp` (int accepted for float); raises UserError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"config key {key}: {value!r} does not match {tp}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise UserError(f"config key {key}: expected null, got {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (bool, int, float, str) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise UserError(f"config key {key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _merge(instance: Any, values: dict, prefix: str = "") -> Any:
+    """A copy of dataclass `instance` with `values` (a nested dict) applied, type-checked."""
+    if not isinstance(values, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '<top>'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(instance))
+    names = {f.name for f in dataclasses.fields(instance)}
+    changes = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(f"unknown config key {full!r} (known: {', '.join(sorted(names))})")
+        current = getattr(instance, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, f"{full}.")
+        else:
+            changes[key] = _coerce(value, hints[key], full)
+    return dataclasses.replace(instance, **changes)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError:
+        raise UserError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections")
+    return data
+
+
+def resolve_config_file(spec: str | Path, relative_to: Path | None = None) -> Path:
+    """A config given as a path, a path relative to another config, or a shipped name."""
+    path = Path(spec)
+    for candidate in (path, (relative_to / path) if relative_to else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    shipped = config_path(str(spec))
+    if shipped.is_file():
+        return shipped
+    raise UserError(f"config {spec}: no such file and not a shipped config")
+
+
+def _apply_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> Config:
+    if path.resolve() in seen:
+        raise UserError(f"{path}: circular `base:` chain")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        config = _apply_file(config, resolve_config_file(base, path.parent), seen + (path.resolve(),))
+    return _merge(config, data)
+
+
+def parse_override(text: str) -> dict:
+    """``a.b=value`` -> {"a": {"b": value}}; the value is parsed as YAML (``[1, 2]``, ``true``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=0.001")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: Any = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- YAML file (and its bases) <- ``--set`` overrides, all type-checked."""
+    config = Config()
+    if path is not None:
+        config = _apply_file(config, resolve_config_file(path))
+    for text in overrides:
+        config = _merge(config, parse_override(text))
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

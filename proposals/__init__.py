@@ -1,0 +1,1 @@
+"""Region proposals: selective search backends, proposal cache and recall reports."""
