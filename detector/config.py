@@ -218,6 +218,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     config = Config()
     if path is not None:
         config = _apply_file(config, resolve_config_file(path))
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """A copy of `config` with ``a.b=value`` overrides applied in order, type-checked."""
     for text in overrides:
         config = _merge(config, parse_override(text))
     return config
