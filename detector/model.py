@@ -1,0 +1,139 @@
+"""The GoogLeNet (Inception v1) region classifier of the ILSVRC 2014 detection entry.
+
+Topology: torchvision's ``googlenet`` (Szegedy et al. 2014, Table 1, with batch norm): nine
+Inception modules, auxiliary classifiers on 4a and 4d (1x1 conv 128, FC 1024, dropout 0.7;
+used in training with loss weight 0.3, dropped at inference) and a main head of global average
+pooling + dropout 0.4. The 1000-way layer becomes C+1 class logits (0 = background) and a
+class-specific box-regression layer (4*C deltas) is added, as in R-CNN / Fast R-CNN.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import GoogLeNet, GoogLeNet_Weights, googlenet
+
+from eval.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Input normalisation of torchvision's ImageNet GoogLeNet weights: they were trained with
+#: ``transform_input=True``, i.e. pixels in [0, 1] mapped to (x - 0.5) / 0.5.
+PIXEL_MEAN = (0.5, 0.5, 0.5)
+PIXEL_STD = (0.5, 0.5, 0.5)
+FEATURE_DIM = 1024  #: width of the pooled inception_5b feature
+
+
+@dataclass
+class RegionOutputs:
+    """Network outputs for B regions: logits [B, C+1], box deltas [B, 4C], features [B, 1024],
+    auxiliary logits [B, C+1] each (training only, else None)."""
+
+    class_logits: torch.Tensor
+    box_deltas: torch.Tensor
+    features: torch.Tensor
+    aux_logits: tuple[torch.Tensor, ...] = ()
+
+
+class RegionClassifier(nn.Module):
+    """GoogLeNet trunk + C+1 class head + class-specific box head.
+
+    ``forward(regions [B, 3, S, S] normalised) -> RegionOutputs``.
+    """
+
+    def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        trunk: GoogLeNet = googlenet(
+            weights=None, aux_logits=aux_classifiers, transform_input=False, init_weights=True,
+            num_classes=1000, dropout=dropout, dropout_aux=0.7,
+        )
+        trunk.fc = nn.Identity()
+        if aux_classifiers:
+            trunk.aux1.fc2 = nn.Linear(1024, num_classes + 1)
+            trunk.aux2.fc2 = nn.Linear(1024, num_classes + 1)
+        self.trunk = trunk
+        self.cls_score = nn.Linear(FEATURE_DIM, num_classes + 1)
+        self.bbox_pred = nn.Linear(FEATURE_DIM, 4 * num_classes)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    @property
+    def has_aux(self) -> bool:
+        return self.trunk.aux1 is not None
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Pooled inception_5b features [B, 1024] (after dropout in training) and aux logits."""
+        t = self.trunk
+        x = t.maxpool2(t.conv3(t.conv2(t.maxpool1(t.conv1(x)))))
+        x = t.maxpool3(t.inception3b(t.inception3a(x)))
+        x = t.inception4a(x)
+        aux = []
+        if self.training and self.has_aux:
+            aux.append(t.aux1(x))
+        x = t.inception4d(t.inception4c(t.inception4b(x)))
+        if self.training and self.has_aux:
+            aux.append(t.aux2(x))
+        x = t.maxpool4(t.inception4e(x))
+        x = t.inception5b(t.inception5a(x))
+        x = t.dropout(torch.flatten(t.avgpool(x), 1))
+        return x, tuple(aux)
+
+    def forward(self, regions: torch.Tensor) -> RegionOutputs:
+        features, aux = self.features(regions)
+        return RegionOutputs(self.cls_score(features), self.bbox_pred(features), features, aux)
+
+
+def _imagenet_state_dict(init: str) -> dict[str, torch.Tensor]:
+    """torchvision GoogLeNet ImageNet weights: downloaded by torchvision, or a local .pth file."""
+    if init == "imagenet":
+        try:
+            return GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        except Exception as exc:  # no network, proxy, corrupt download...
+            raise UserError(
+                f"cannot download the ImageNet GoogLeNet weights ({type(exc).__name__}: {exc}); "
+                "download googlenet-1378be20.pth elsewhere and pass --set model.init=PATH"
+            ) from None
+    path = Path(init)
+    if not path.is_file():
+        raise UserError(f"model.init {init!r}: expected imagenet, random or a .pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: not a PyTorch weights file ({exc})") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or "inception3a.branch1.conv.weight" not in state:
+        raise UserError(f"{path}: does not hold torchvision GoogLeNet weights")
+    return state
+
+
+def load_imagenet_trunk(model: RegionClassifier, init: str) -> None:
+    """Load ImageNet classification weights into the trunk; log missing/unexpected keys.
+
+    The 1000-way layers (fc, aux fc2) are not loaded: their replacements start fresh.
+    """
+    state = _imagenet_state_dict(init)
+    own = model.trunk.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    result = model.trunk.load_state_dict(compatible, strict=False)
+    skipped = sorted(set(state) - set(compatible))
+    log.info("loaded %d ImageNet tensors into the GoogLeNet trunk", len(compatible))
+    if skipped:
+        log.info("not loaded (unexpected or replaced head): %s", ", ".join(skipped))
+    if result.missing_keys:
+        log.info("missing, freshly initialised: %s", ", ".join(result.missing_keys))
+    if len(compatible) < 100:
+        raise UserError(f"model.init {init}: only {len(compatible)} tensors match GoogLeNet; wrong file?")
+
+
+def build_model(num_classes: int, init: str = "random", aux_classifiers: bool = True, dropout: float = 0.4) -> RegionClassifier:
+    """A region classifier for `num_classes` foreground classes, initialised per `init`."""
+    model = RegionClassifier(num_classes, aux_classifiers, dropout)
+    if init != "random":
+        load_imagenet_trunk(model, init)
+    return model
