@@ -19,6 +19,8 @@ from eval.errors import UserError
 COMMANDS: dict[str, tuple[str, bool, str]] = {
     "data": ("detector.commands.data", True, "read a dataset split and print its statistics"),
     "config": ("detector.commands.config", True, "print the resolved config (file + --set overrides)"),
+    "eval": ("detector.commands.eval", True, "score detections of a split (VOC / ILSVRC / COCO mAP) and write the report"),
+    "report": ("detector.commands.report", False, "rebuild an evaluation report, or compare two runs' per-class AP"),
 }
 
 EPILOG = textwrap.dedent(

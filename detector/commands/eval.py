@@ -1,0 +1,72 @@
+"""Score detections of a split against its ground truth and write the report.
+
+The metric is the one the dataset's benchmark uses (eval.metric auto: VOC -> voc07, ILSVRC DET ->
+ilsvrc, COCO -> coco) unless --metric says otherwise. Writes report.md, report.html, metrics.json,
+plots and the resolved config.yaml into --out (default: <run dir>/eval/<split>).
+
+example: rcnn eval --config voc2007 --split test --detections runs/voc2007/detections_test.npz
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from detector.config import Config, save_config
+from eval.datasets import Dataset, load_dataset
+from eval.detections import Detections, load_detections, validate_detections
+from eval.errors import UserError
+from eval.metrics import METRICS, make_evaluator, resolve_metric
+from eval.report import write_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default=None, help="split to score (default: data.test_split)")
+    parser.add_argument("--detections", default=None, metavar="FILE",
+                        help="results file written by eval.detections.save_detections (.npz or .json)")
+    parser.add_argument("--metric", default=None, choices=("auto",) + METRICS,
+                        help="override eval.metric (default: the config's, auto = the dataset's own)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default: <run dir>/eval/<split>)")
+
+
+def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset) -> Detections:
+    """The detections to score for `dataset`: today the --detections file, checked to be for this
+    split and class list."""
+    if not args.detections:
+        raise UserError("rcnn eval: give --detections FILE (a results file for this split)")
+    dets, _ = load_detections(args.detections, classes=dataset.classes, split_name=dataset.name)
+    return dets
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    split = args.split or config.data.test_split
+    timing = {}
+    start = time.perf_counter()
+    dataset = load_dataset(config.data, split)
+    timing["read ground truth"] = time.perf_counter() - start
+    metric = resolve_metric(args.metric or config.eval.metric, config.data.format)
+
+    start = time.perf_counter()
+    dets = obtain_detections(args, config, dataset)
+    validate_detections(dets, dataset, where=str(args.detections or "detections"))
+    timing["obtain detections"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    evaluator = make_evaluator(metric, dataset)
+    for image_id, image_dets in tqdm(dets.items(), desc=f"scoring ({metric})", unit="image", leave=False):
+        evaluator.process(image_id, image_dets)
+    result = evaluator.evaluate()
+    timing["evaluate"] = time.perf_counter() - start
+
+    out = Path(args.out) if args.out else config.run_dir / "eval" / split
+    save_config(config, out / "config.yaml")
+    settings = {
+        "config": config.name, "split": split, "metric": metric, "images": len(dataset.records),
+        "images with detections": len(dets), "detections": sum(len(d) for d in dets.values()),
+        "detections file": str(args.detections),
+    }
+    report = write_report(out, result, dataset.name, settings, timing)
+    print(f"{dataset.name}: mAP ({metric}) {result.mAP:.4f} over {len(dataset.records)} images; report {report}")
+    return 0
