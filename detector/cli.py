@@ -19,8 +19,10 @@ from eval.errors import UserError
 COMMANDS: dict[str, tuple[str, bool, str]] = {
     "data": ("detector.commands.data", True, "read a dataset split and print its statistics"),
     "config": ("detector.commands.config", True, "print the resolved config (file + --set overrides)"),
+    "proposals": ("proposals.cli", True, "extract selective-search proposals for a split; --report for recall"),
     "eval": ("detector.commands.eval", True, "score detections of a split (VOC / ILSVRC / COCO mAP) and write the report"),
     "report": ("detector.commands.report", False, "rebuild an evaluation report, or compare two runs' per-class AP"),
+    "train": ("detector.commands.train", True, "fine-tune the GoogLeNet region classifier (R-CNN)"),
 }
 
 EPILOG = textwrap.dedent(

@@ -79,6 +79,7 @@ class TestConfig:
     max_detections: int = 100  #: per image
     fusion: str = "nms"  #: nms | vote (box voting) | wbf (weighted boxes fusion)
     vote_iou: float = 0.5  #: box voting neighbourhood (Gidaris & Komodakis)
+    wbf_iou: float = 0.55  #: weighted boxes fusion cluster IoU
     flip: bool = False  #: test-time horizontal flip, averaged like an extra model
     precision: str = "auto"
     weights: list[str] = field(default_factory=list)  #: checkpoints; several = ensemble

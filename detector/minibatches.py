@@ -1,0 +1,112 @@
+"""Training minibatches for the region classifier, one deterministic batch per iteration.
+
+Batch ``i`` is a pure function of (seed, i, rank): which images, whether each is flipped and
+which regions are sampled all come from ``np.random.default_rng([seed, i, rank])``. Resuming at
+iteration ``i`` therefore replays exactly the batches an uninterrupted run would have seen,
+and DataLoader workers need no shared state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from detector.regions import normalize_image, warp_regions
+from detector.sampling import sample_regions
+from eval.datasets import Dataset, ImageRecord
+from eval.errors import UserError
+from eval.images import load_image
+
+#: (image path, RGB image [H, W, 3]) -> proposals float32 [P, 4] xyxy
+ProposalFn = Callable[[Path, np.ndarray], np.ndarray]
+
+
+@dataclass
+class SamplingSettings:
+    """How one minibatch is drawn (see TrainConfig for the meaning of each)."""
+
+    images_per_batch: int = 2
+    regions_per_batch: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou: tuple[float, float] = (0.1, 0.5)
+    bbox_iou: float = 0.6
+    flip: bool = True
+    input_size: int = 224
+    context_pad: int = 16
+
+
+@dataclass
+class RegionBatch:
+    """regions [R, 3, S, S] normalised; labels [R] (0 = background); box_targets [R, 4];
+    box_mask [R] bool; num_fg: foreground regions in the batch."""
+
+    regions: torch.Tensor
+    labels: torch.Tensor
+    box_targets: torch.Tensor
+    box_mask: torch.Tensor
+
+    @property
+    def num_fg(self) -> int:
+        return int((self.labels > 0).sum())
+
+
+def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    flipped = boxes.copy()
+    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return flipped
+
+
+class TrainBatches(TorchDataset):
+    """Item ``i`` = the RegionBatch of iteration ``i`` (use with DataLoader(batch_size=None))."""
+
+    def __init__(
+        self, dataset: Dataset, proposal_fn: ProposalFn, settings: SamplingSettings,
+        iterations: int, seed: int = 0, rank: int = 0,
+    ) -> None:
+        self.records = [r for r in dataset.records if (~r.ignore).any()]
+        if not self.records:
+            raise UserError(f"{dataset.name}: no image has a (non-difficult) object to train on")
+        self.proposal_fn = proposal_fn
+        self.settings = settings
+        self.iterations = iterations
+        self.seed = seed
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def _image_regions(self, record: ImageRecord, rng: np.random.Generator, num_regions: int):
+        """Warped regions and targets sampled from one (possibly flipped) image."""
+        s = self.settings
+        image = load_image(record.path)
+        proposals = np.asarray(self.proposal_fn(record.path, image), dtype=np.float32).reshape(-1, 4)
+        gt_boxes, gt_labels = record.boxes[~record.ignore], record.labels[~record.ignore]
+        flip = s.flip and bool(rng.integers(0, 2))
+        if flip:
+            width = image.shape[1]
+            image = image[:, ::-1].copy()
+            proposals, gt_boxes = _flip_boxes(proposals, width), _flip_boxes(gt_boxes, width)
+        targets = sample_regions(
+            torch.from_numpy(proposals), torch.from_numpy(gt_boxes), torch.from_numpy(gt_labels),
+            num_regions, rng, s.fg_fraction, s.fg_iou, s.bg_iou, s.bbox_iou,
+        )
+        regions = warp_regions(normalize_image(image), targets.boxes, s.input_size, s.context_pad)
+        return regions, targets
+
+    def __getitem__(self, iteration: int) -> RegionBatch:
+        s = self.settings
+        rng = np.random.default_rng([self.seed, iteration, self.rank])
+        picks = rng.choice(len(self.records), size=min(s.images_per_batch, len(self.records)), replace=False)
+        per_image = s.regions_per_batch // len(picks)
+        parts = [self._image_regions(self.records[i], rng, per_image) for i in picks]
+        return RegionBatch(
+            regions=torch.cat([p[0] for p in parts]),
+            labels=torch.cat([p[1].labels for p in parts]),
+            box_targets=torch.cat([p[1].box_targets for p in parts]),
+            box_mask=torch.cat([p[1].box_mask for p in parts]),
+        )

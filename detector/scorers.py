@@ -1,0 +1,101 @@
+"""Region scorers: a network that maps warped regions to class scores and box deltas.
+
+A :class:`Detector` holds one scorer per ensemble member. ``FineTunedScorer`` wraps a trained
+checkpoint; ``ImageNetScorer`` is the no-training default: torchvision's ImageNet GoogLeNet whose
+1000 class probabilities are mapped to detection classes through WordNet (detector.class_maps).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import GoogLeNet_Weights, googlenet
+
+from detector.checkpoint import load_checkpoint, model_from_checkpoint
+from detector.class_maps import map_imagenet_probs, target_class_names
+from detector.model import RegionClassifier
+from detector.precision import Precision, prepare_input, prepare_model
+from eval.errors import UserError
+
+WEIGHTS_HELP = (
+    "pass --weights CHECKPOINT.pt (train one with `rcnn train`), set $RCNN_WEIGHTS, or put the "
+    "torchvision file googlenet-1378be20.pth in ~/.cache/torch/hub/checkpoints/ for the ImageNet default"
+)
+
+
+@dataclass
+class RegionScores:
+    """Scores [B, C+1] (column 0 = background) and class-specific deltas [B, 4C] (None: keep boxes)."""
+
+    scores: torch.Tensor
+    deltas: torch.Tensor | None
+
+
+class RegionScorer:
+    """Base: a network in eval mode plus the warp settings its input needs."""
+
+    def __init__(self, network: nn.Module, classes: list[str], display_names: list[str],
+                 input_size: int, context_pad: int, name: str) -> None:
+        self.network = network.eval()
+        self.classes = classes
+        self.display_names = display_names
+        self.input_size = input_size
+        self.context_pad = context_pad
+        self.name = name
+
+    @property
+    def warp_key(self) -> tuple[int, int]:
+        return self.input_size, self.context_pad
+
+    def to(self, precision: Precision) -> "RegionScorer":
+        self.network = prepare_model(self.network, precision)
+        return self
+
+    def __call__(self, regions: torch.Tensor, precision: Precision) -> RegionScores:
+        raise NotImplementedError
+
+
+class FineTunedScorer(RegionScorer):
+    """A checkpoint from ``rcnn train``: softmax class probabilities and box-regression deltas."""
+
+    @classmethod
+    def from_checkpoint(cls, path: str) -> "FineTunedScorer":
+        state = load_checkpoint(path)
+        model: RegionClassifier = model_from_checkpoint(state)
+        model_config = state.get("config", {}).get("model", {})
+        return cls(model, list(state["classes"]), list(state.get("display_names", state["classes"])),
+                   model_config.get("input_size", 224), model_config.get("context_pad", 16), str(path))
+
+    def __call__(self, regions: torch.Tensor, precision: Precision) -> RegionScores:
+        with precision.autocast():
+            out = self.network(prepare_input(regions, precision))
+        return RegionScores(F.softmax(out.class_logits.float(), dim=1).cpu(), out.box_deltas.float().cpu())
+
+
+class ImageNetScorer(RegionScorer):
+    """torchvision's ImageNet GoogLeNet, not fine-tuned; ImageNet classes -> `target` via WordNet."""
+
+    def __init__(self, target: str = "ilsvrc_det200") -> None:
+        ids, names = target_class_names(target)
+        network = googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=False)
+        state = _imagenet_weights()
+        network.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux")})
+        self.target = target
+        super().__init__(network, ids, names, input_size=224, context_pad=16, name=f"imagenet->{target}")
+
+    def __call__(self, regions: torch.Tensor, precision: Precision) -> RegionScores:
+        with precision.autocast():
+            logits = self.network(prepare_input(regions, precision))
+        probs = F.softmax(logits.float(), dim=1).cpu()
+        return RegionScores(map_imagenet_probs(probs, self.target), None)
+
+
+def _imagenet_weights() -> dict[str, torch.Tensor]:
+    """torchvision's GoogLeNet ImageNet weights (from its cache, downloading if online)."""
+    try:
+        return GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as exc:  # offline, proxy, corrupt file
+        raise UserError(f"no detection weights available and the ImageNet GoogLeNet could not be loaded "
+                        f"({type(exc).__name__}); {WEIGHTS_HELP}") from None

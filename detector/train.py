@@ -1,0 +1,303 @@
+"""R-CNN fine-tuning of the GoogLeNet region classifier (``rcnn train``).
+
+SGD with momentum, a step (or cosine) learning-rate schedule, class + box + auxiliary losses,
+optional Polyak (EMA) weight averaging, atomic resumable checkpoints, CSV logs, and DDP under
+``torchrun``. Resuming replays the exact batches (see detector.minibatches) and restores the RNG state,
+so an interrupted run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from detector.checkpoint import check_classes, load_checkpoint, save_checkpoint
+from detector.config import Config, TrainConfig, save_config
+from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
+from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
+from detector.model import RegionClassifier, RegionOutputs, build_model
+from detector.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
+from eval.atomic import atomic_path, write_text
+from eval.datasets import load_dataset
+from eval.errors import UserError
+from proposals.cache import cached_proposals, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = ("iteration", "loss", "cls_loss", "box_loss", "aux_loss", "fg_accuracy", "lr", "regions_per_s")
+
+
+def lr_factor(train: TrainConfig, iteration: int) -> float:
+    """Multiplier of the base learning rate at `iteration`: linear warm-up, then step or cosine."""
+    if iteration < train.warmup_iterations:
+        return (iteration + 1) / train.warmup_iterations
+    if train.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * iteration / max(1, train.iterations)))
+    return train.lr_gamma ** sum(iteration >= step for step in train.lr_steps)
+
+
+def region_losses(outputs: RegionOutputs, batch: RegionBatch, aux_weight: float, box_weight: float) -> dict[str, torch.Tensor]:
+    """Cross-entropy on C+1 classes, smooth-L1 on the true class's deltas, weighted aux losses."""
+    labels = batch.labels.to(outputs.class_logits.device)
+    cls_loss = F.cross_entropy(outputs.class_logits.float(), labels)
+    aux_loss = sum((F.cross_entropy(a.float(), labels) for a in outputs.aux_logits), cls_loss.new_zeros(()))
+    mask = batch.box_mask.to(labels.device)
+    deltas = outputs.box_deltas.float().view(len(labels), -1, 4)
+    chosen = deltas[mask, labels[mask] - 1]
+    targets = batch.box_targets.to(labels.device)[mask]
+    box_loss = F.smooth_l1_loss(chosen, targets, beta=1.0, reduction="sum") / max(1, len(labels))
+    total = cls_loss + aux_weight * aux_loss + box_weight * box_loss
+    fg = labels > 0
+    accuracy = (outputs.class_logits.argmax(1)[fg] == labels[fg]).float().mean() if fg.any() else cls_loss.new_zeros(())
+    return {"loss": total, "cls_loss": cls_loss, "box_loss": box_loss, "aux_loss": aux_loss, "fg_accuracy": accuracy}
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule, EMA and run directory of one training run."""
+
+    def __init__(self, config: Config, context: DistContext, resume: bool = False) -> None:
+        self.config = config
+        self.context = context
+        self.run_dir = config.run_dir
+        self.last_path = self.run_dir / "checkpoints" / "last.pt"
+        self.dataset = load_dataset(config.data, config.data.train_split)
+        self.classes = self.dataset.classes
+        self.precision = resolve_precision(config.train.precision, device_for(context))
+        flush_denormals()
+        self._check_run_dir(resume)
+        init = "random" if resume else config.model.init
+        model = build_model(len(self.classes), init, config.model.aux_classifiers, config.model.dropout)
+        self.model: RegionClassifier = prepare_model(model, self.precision)
+        train = config.train
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(train, i))
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
+            if train.ema_decay > 0 else None
+        )
+        self.iteration = 0
+        if resume:
+            self._restore(load_checkpoint(self.last_path))
+        self.network = (
+            DistributedDataParallel(self.model, device_ids=[context.local_rank] if self.precision.device.type == "cuda" else None)
+            if context.enabled else self.model
+        )
+        self.scaler = torch.amp.GradScaler(enabled=self.precision.dtype == torch.float16)
+
+    # ----------------------------------------------------------------- run directory and state
+
+    def _check_run_dir(self, resume: bool) -> None:
+        if resume and not self.last_path.is_file():
+            raise UserError(f"{self.last_path}: nothing to resume (no checkpoint in {self.run_dir})")
+        if not resume and self.last_path.is_file():
+            raise UserError(
+                f"{self.run_dir} already holds a training checkpoint; pass --resume to continue it "
+                "or choose another output_dir (--set output_dir=...)"
+            )
+        try:
+            self.last_path.parent.mkdir(parents=True, exist_ok=True)
+            probe = self.last_path.parent / ".write_test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(f"{self.run_dir}: run directory is not writable ({exc.strerror})") from None
+
+    def _restore(self, state: dict) -> None:
+        check_classes(state, self.classes, str(self.last_path))
+        saved_model = state.get("config", {}).get("model", {})
+        if saved_model != dataclasses.asdict(self.config.model):
+            raise UserError(f"{self.last_path}: was trained with different model settings {saved_model}; "
+                            "resume with the same config or start a new output_dir")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema_state") is not None:
+            self.ema.load_state_dict(state["ema_state"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.iteration = int(state["iteration"])
+        log.info("resumed %s at iteration %d", self.last_path, self.iteration)
+
+    def state(self, rng_state: dict) -> dict:
+        """Everything needed to resume, plus what inference needs (classes, config)."""
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_state": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.iteration,
+            "rng": rng_state,
+            "classes": self.classes,
+            "display_names": self.dataset.display_names,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def save(self, rng_state: dict) -> None:
+        if self.context.is_main:
+            save_checkpoint(self.last_path, self.state(rng_state))
+
+    # ----------------------------------------------------------------- the loop
+
+    def _loader(self) -> DataLoader:
+        config, train = self.config, self.config.train
+        cache_dir = default_cache_dir(config)
+        settings = SamplingSettings(
+            train.images_per_batch, train.regions_per_batch, train.fg_fraction, train.fg_iou,
+            (train.bg_iou_low, train.bg_iou_high), train.bbox_iou, train.flip,
+            config.model.input_size, config.model.context_pad,
+        )
+        batches = TrainBatches(
+            self.dataset, _ProposalSource(config.proposals, cache_dir), settings,
+            train.iterations, config.seed, self.context.rank,
+        )
+        return DataLoader(
+            Subset(batches, range(self.iteration, train.iterations)), batch_size=None,
+            num_workers=train.workers, prefetch_factor=2 if train.workers else None,
+        )
+
+    def step(self, batch: RegionBatch) -> dict[str, float]:
+        """One SGD step on one minibatch; returns the losses as floats."""
+        self.network.train()
+        regions = prepare_input(batch.regions, self.precision)
+        with self.precision.autocast():
+            outputs = self.network(regions)
+        losses = region_losses(outputs, batch, self.config.train.aux_loss_weight, self.config.train.bbox_loss_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def run(self) -> Path:
+        """Train from the current iteration to the end; checkpoint on schedule and on Ctrl-C."""
+        train = self.config.train
+        if self.context.is_main:
+            save_config(self.config, self.run_dir / "config.yaml")
+            log.info("training %s on %s: %d images, %s", self.run_dir, self.dataset.name,
+                     len(self.dataset.records), self.precision.description)
+        logger = _CsvLog(self.run_dir / "train_log.csv", self.iteration) if self.context.is_main else None
+        progress = tqdm(total=train.iterations, initial=self.iteration, disable=not self.context.is_main,
+                        desc="train", dynamic_ncols=True)
+        rng_state = _rng_state()
+        try:
+            for batch in self._loader():
+                rng_state = _rng_state()  # state at the start of this iteration, saved on interrupt
+                start = time.perf_counter()
+                values = self.step(batch)
+                self.iteration += 1
+                values["regions_per_s"] = len(batch.labels) * self.context.world_size / (time.perf_counter() - start)
+                values["lr"] = self.optimizer.param_groups[0]["lr"]
+                progress.update(1)
+                progress.set_postfix(loss=f"{values['loss']:.3f}", rps=f"{values['regions_per_s']:.0f}")
+                if logger and (self.iteration % train.log_every == 0 or self.iteration == train.iterations):
+                    logger.write(self.iteration, values)
+                if self.iteration % train.checkpoint_every == 0 or self.iteration == train.iterations:
+                    rng_state = _rng_state()
+                    self.save(rng_state)
+        except KeyboardInterrupt:
+            self.save(rng_state)
+            log.warning("interrupted: checkpoint saved at iteration %d; rerun with --resume", self.iteration)
+            raise
+        finally:
+            progress.close()
+        barrier(self.context)
+        return self.finish()
+
+    def finish(self) -> Path:
+        """Write the inference checkpoint (no optimiser state) and the training curve."""
+        final = self.run_dir / "model_final.pt"
+        if self.context.is_main:
+            state = self.state(_rng_state())
+            for key in ("optimizer", "scheduler", "ema_state", "rng"):
+                state.pop(key)
+            save_checkpoint(final, state)
+            plot_training_curve(self.run_dir / "train_log.csv", self.run_dir / "train_curve.png")
+        return final
+
+
+class _ProposalSource:
+    """Picklable proposal provider for DataLoader workers: the content-addressed cache."""
+
+    def __init__(self, proposal_config, cache_dir: Path) -> None:
+        self.proposal_config = proposal_config
+        self.cache_dir = cache_dir
+
+    def __call__(self, image_path: Path, image: np.ndarray) -> np.ndarray:
+        return cached_proposals(image_path, self.proposal_config, self.cache_dir)
+
+
+class _CsvLog:
+    """Append-only CSV of training values; on resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, start_iteration: int) -> None:
+        self.path = path
+        rows = []
+        if path.is_file() and start_iteration > 0:
+            with path.open() as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["iteration"]) <= start_iteration]
+        lines = [",".join(LOG_FIELDS)] + [",".join(r[f] for f in LOG_FIELDS) for r in rows]
+        write_text(path, "\n".join(lines) + "\n")
+
+    def write(self, iteration: int, values: dict[str, float]) -> None:
+        row = [str(iteration)] + [f"{values[f]:.6g}" for f in LOG_FIELDS[1:]]
+        with self.path.open("a") as handle:
+            handle.write(",".join(row) + "\n")
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def plot_training_curve(log_path: Path, png_path: Path) -> None:
+    """Loss terms and learning rate against iteration, from the CSV log."""
+    if not log_path.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with log_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    its = [int(r["iteration"]) for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key in ("loss", "cls_loss", "box_loss", "aux_loss"):
+        ax_loss.plot(its, [float(r[key]) for r in rows], label=key)
+    ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
+    ax_loss.legend()
+    ax_acc.plot(its, [float(r["fg_accuracy"]) for r in rows])
+    ax_acc.set(xlabel="iteration", ylabel="accuracy", title="foreground region accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def train(config: Config, resume: bool = False) -> Path:
+    """Fine-tune per `config` (resuming from the run directory's last checkpoint if asked)."""
+    context = init_distributed()
+    torch.manual_seed(config.seed)
+    try:
+        return Trainer(config, context, resume).run()
+    finally:
+        shutdown(context)
