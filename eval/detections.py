@@ -29,7 +29,7 @@ class ImageDetections:
     """Detections of one image: boxes float32 [K, 4] xyxy pixels, scores float32 [K],
     labels int64 [K] indexing the dataset's foreground classes from 0.
 
-    Inputs are converted to those dtypes; lengths that disagree raise ValueError.
+    Inputs are converted to those dtypes; other box shapes or lengths that disagree raise ValueError.
     """
 
     boxes: np.ndarray
@@ -37,7 +37,11 @@ class ImageDetections:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32)
+        if self.boxes.size == 0:
+            self.boxes = self.boxes.reshape(0, 4)
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [K, 4], got shape {list(self.boxes.shape)}")
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if not len(self.boxes) == len(self.scores) == len(self.labels):

@@ -82,9 +82,11 @@ def test_negative_size_unknown_images_and_bad_labels_are_rejected():
     validate_detections({"x": ImageDetections([[0, 0, 0, 0]], [0.5], [1]), "y": ImageDetections.empty()}, DATASET)
 
 
-def test_mismatched_lengths_are_refused():
+def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="2 boxes, 1 scores and 2 labels"):
         ImageDetections(np.zeros((2, 4)), [0.5], [0, 1])
+    with pytest.raises(ValueError, match=r"boxes must be \[K, 4\], got shape \[4, 2\]"):
+        ImageDetections(np.zeros((4, 2)), [0.5, 0.5], [0, 1])
 
 
 def test_coco_results_use_dataset_ids_or_number_from_one():
