@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "eval": ("detector.commands.eval", True, "score detections of a split (VOC / ILSVRC / COCO mAP) and write the report"),
     "report": ("detector.commands.report", False, "rebuild an evaluation report, or compare two runs' per-class AP"),
     "train": ("detector.commands.train", True, "fine-tune the GoogLeNet region classifier (R-CNN)"),
+    "detect": ("detector.commands.detect", True, "detect objects in images (same as the `detect` command)"),
 }
 
 EPILOG = textwrap.dedent(
@@ -94,6 +95,19 @@ def guarded(function, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def detect_main(argv: list[str] | None = None) -> int:
+    """``detect``: the single-image command, ``rcnn detect`` without the subcommand word."""
+    module = importlib.import_module("detector.commands.detect")
+    parser = argparse.ArgumentParser(
+        prog="detect", description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_config_arguments(parser)
+    module.add_arguments(parser)
+    parser.set_defaults(module=module, takes_config=True)
+    return guarded(run_command, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

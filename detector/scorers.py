@@ -6,6 +6,9 @@ checkpoint; ``ImageNetScorer`` is the no-training default: torchvision's ImageNe
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -94,8 +97,12 @@ class ImageNetScorer(RegionScorer):
 
 def _imagenet_weights() -> dict[str, torch.Tensor]:
     """torchvision's GoogLeNet ImageNet weights (from its cache, downloading if online)."""
+    chatter = io.StringIO()  # torch.hub prints "Downloading ..." on stdout; shown only on success
     try:
-        return GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        with contextlib.redirect_stdout(chatter):
+            state = GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        print(chatter.getvalue(), end="", file=sys.stderr)
+        return state
     except Exception as exc:  # offline, proxy, corrupt file
         raise UserError(f"no detection weights available and the ImageNet GoogLeNet could not be loaded "
                         f"({type(exc).__name__}); {WEIGHTS_HELP}") from None

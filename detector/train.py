@@ -73,6 +73,7 @@ class Trainer:
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.dataset = load_dataset(config.data, config.data.train_split)
         self.classes = self.dataset.classes
+        self.batches = self._batches()  # fails early on a split without objects
         self.precision = resolve_precision(config.train.precision, device_for(context))
         flush_denormals()
         self._check_run_dir(resume)
@@ -153,21 +154,24 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
 
-    def _loader(self) -> DataLoader:
+    def _batches(self) -> TrainBatches:
         config, train = self.config, self.config.train
-        cache_dir = default_cache_dir(config)
         settings = SamplingSettings(
             train.images_per_batch, train.regions_per_batch, train.fg_fraction, train.fg_iou,
             (train.bg_iou_low, train.bg_iou_high), train.bbox_iou, train.flip,
             config.model.input_size, config.model.context_pad,
         )
-        batches = TrainBatches(
-            self.dataset, _ProposalSource(config.proposals, cache_dir), settings,
+        return TrainBatches(
+            self.dataset, _ProposalSource(config.proposals, default_cache_dir(config)), settings,
             train.iterations, config.seed, self.context.rank,
         )
+
+    def _loader(self) -> DataLoader:
+        workers = self.config.train.workers
         return DataLoader(
-            Subset(batches, range(self.iteration, train.iterations)), batch_size=None,
-            num_workers=train.workers, prefetch_factor=2 if train.workers else None,
+            Subset(self.batches, range(self.iteration, self.config.train.iterations)), batch_size=None,
+            num_workers=workers, prefetch_factor=2 if workers else None,
+            generator=torch.Generator().manual_seed(self.config.seed),  # keeps the global RNG (dropout) untouched
         )
 
     def step(self, batch: RegionBatch) -> dict[str, float]:

@@ -1,0 +1,138 @@
+"""Detect objects in images: selective search -> GoogLeNet region scores -> NMS / box voting.
+
+Prints a table (class, score, box) per image; with --out writes each image with labelled boxes
+and a JSON file of its detections (and --coco-json a COCO results file for all images).
+Several --weights make an ensemble (scores averaged; --fusion vote for box voting).
+Without --weights: $RCNN_WEIGHTS, then ~/.cache/googlenet-rcnn/default.pt, then torchvision's
+ImageNet GoogLeNet with its classes mapped to the ILSVRC DET 200 (or --classes voc) classes.
+
+examples:
+  detect examples/raccoon.jpg --weights runs/animals_voc/model_final.pt --out out/
+  detect photos/ --weights a.pt b.pt c.pt --fusion vote --flip --coco-json results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from detector.config import Config, apply_overrides, load_config
+from eval.atomic import atomic_path, write_text
+from eval.errors import UserError
+from eval.images import IMAGE_SUFFIXES, list_images, load_image
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--weights", "-w", nargs="+", default=[], help="checkpoint(s); several = ensemble")
+    parser.add_argument("--classes", choices=("det200", "voc"), default="det200",
+                        help="class set of the ImageNet default model (ignored with --weights)")
+    parser.add_argument("--out", "-o", default=None, help="folder for drawn images and per-image JSON")
+    parser.add_argument("--json", action="store_true", help="print detections as JSON lines instead of tables")
+    parser.add_argument("--coco-json", default=None, help="also write all detections as a COCO results file")
+    parser.add_argument("--show", action="store_true", help="open each drawn image in the system viewer")
+    parser.add_argument("--score-threshold", type=float, default=None, help="minimum score (default: test.score_threshold)")
+    parser.add_argument("--nms-iou", type=float, default=None, help="per-class NMS IoU (default: test.nms_iou, 0.3)")
+    parser.add_argument("--fusion", choices=("nms", "vote", "wbf"), default=None, help="default: test.fusion (nms)")
+    parser.add_argument("--flip", action="store_true", help="test-time horizontal flip")
+    parser.add_argument("--preset", choices=("rcnn", "googlenet"), default=None, help="selective search preset")
+
+
+def _with_flags(config: Config, args: argparse.Namespace) -> Config:
+    flags = {"test.score_threshold": args.score_threshold, "test.nms_iou": args.nms_iou,
+             "test.fusion": args.fusion, "proposals.preset": args.preset, "test.flip": True if args.flip else None}
+    return apply_overrides(config, [f"{k}={v}" for k, v in flags.items() if v is not None])
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Image paths from files and folders, in the given order; a missing path is an error."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise UserError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    return paths
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ".write_test"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{folder}: output folder is not writable ({exc.strerror})") from None
+
+
+def format_table(path: Path, result) -> str:
+    lines = [f"{path}: {len(result.boxes)} detection(s)"]
+    for name, score, box in zip(result.names, result.scores, result.boxes):
+        x1, y1, x2, y2 = box
+        lines.append(f"  {name:<20} {score:6.3f}   [{x1:7.1f} {y1:7.1f} {x2:7.1f} {y2:7.1f}]")
+    return "\n".join(lines)
+
+
+def result_json(path: Path, result, image_shape) -> dict:
+    return {
+        "image": str(path), "height": image_shape[0], "width": image_shape[1],
+        "detections": [
+            {"class": name, "label": int(label), "score": round(float(score), 5), "box_xyxy": [round(float(v), 2) for v in box]}
+            for name, label, score, box in zip(result.names, result.labels, result.scores, result.boxes)
+        ],
+        "timing_s": {k: round(v, 4) for k, v in result.timing.items()},
+    }
+
+
+def _write_outputs(out: Path, path: Path, image, result, payload: dict, show: bool) -> None:
+    from detector.draw import draw_detections
+
+    drawn = draw_detections(image, result.boxes, result.scores, result.labels, result.names)
+    with atomic_path(out / f"{path.stem}.jpg") as tmp:
+        drawn.save(tmp, format="JPEG", quality=92)
+    write_text(out / f"{path.stem}.json", json.dumps(payload, indent=1))
+    if show:
+        drawn.show()
+
+
+def run(args: argparse.Namespace, config: Config | None) -> int:
+    from detector.inference import Detector
+
+    config = _with_flags(config or Config(), args)
+    paths = collect_images(args.inputs)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_writable(out)
+    target = {"det200": "ilsvrc_det200", "voc": "voc20"}[args.classes]
+    detector = Detector.from_weights(args.weights, config, imagenet_target=target)
+    coco_results, failures = [], 0
+    for index, path in enumerate(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr)):
+        try:
+            image = load_image(path)
+        except UserError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        result = detector.detect(image)
+        payload = result_json(path, result, image.shape)
+        print(json.dumps(payload) if args.json else format_table(path, result), flush=True)
+        if out is not None:
+            _write_outputs(out, path, image, result, payload, args.show)
+        coco_results += [
+            {"image_id": index, "file_name": path.name, "category_id": int(label) + 1,
+             "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
+             "score": round(float(score), 5)}
+            for (x1, y1, x2, y2), score, label in zip(result.boxes, result.scores, result.labels)
+        ]
+    if args.coco_json:
+        write_text(args.coco_json, json.dumps(coco_results))
+    if failures:
+        print(f"{failures} of {len(paths)} input(s) could not be read", file=sys.stderr)
+    return 1 if failures else 0
