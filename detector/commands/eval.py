@@ -1,10 +1,16 @@
-"""Score detections of a split against its ground truth and write the report.
+"""Detect objects in a split (or read a detections file) and score them against the ground truth.
+
+Without --detections the model (--weights, else test.weights, else the default model) runs over
+the split; detections are cached per image, so an interrupted run resumes, and `--shard i/n`
+processes every n-th image only (run the shards anywhere, then once without --shard to merge).
 
 The metric is the one the dataset's benchmark uses (eval.metric auto: VOC -> voc07, ILSVRC DET ->
 ilsvrc, COCO -> coco) unless --metric says otherwise. Writes report.md, report.html, metrics.json,
 plots and the resolved config.yaml into --out (default: <run dir>/eval/<split>).
 
-example: rcnn eval --config voc2007 --split test --detections runs/voc2007/detections_test.npz
+examples:
+  rcnn eval --config animals_voc --weights runs/animals_voc/model_final.pt
+  rcnn eval --config voc2007 --split test --detections runs/voc2007/detections_test.npz
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from tqdm import tqdm
 
 from detector.config import Config, save_config
 from eval.datasets import Dataset, load_dataset
-from eval.detections import Detections, load_detections, validate_detections
+from eval.detections import Detections, load_detections, save_detections, validate_detections
 from eval.errors import UserError
 from eval.metrics import METRICS, make_evaluator, resolve_metric
 from eval.report import write_report
@@ -29,14 +35,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", default=None, choices=("auto",) + METRICS,
                         help="override eval.metric (default: the config's, auto = the dataset's own)")
     parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default: <run dir>/eval/<split>)")
+    parser.add_argument("--weights", nargs="+", default=[], help="checkpoint(s) to run; several = ensemble")
+    parser.add_argument("--shard", default=None, metavar="i/n",
+                        help="only detect shard i (0-based) of n and stop; merge by running without --shard")
 
 
-def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset) -> Detections:
-    """The detections to score for `dataset`: today the --detections file, checked to be for this
-    split and class list."""
-    if not args.detections:
-        raise UserError("rcnn eval: give --detections FILE (a results file for this split)")
-    dets, _ = load_detections(args.detections, classes=dataset.classes, split_name=dataset.name)
+def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset) -> Detections | None:
+    """The detections to score: the --detections file (checked to be for this split and class
+    list), or the model run over the split (None when only a shard was processed)."""
+    if args.detections:
+        dets, _ = load_detections(args.detections, classes=dataset.classes, split_name=dataset.name)
+        return dets
+    from detector.inference import Detector, resolve_weights
+    from detector.split_detection import detect_split, detection_key
+    from proposals.cache import default_cache_dir
+    from proposals.extract import parse_shard
+
+    weights = resolve_weights(args.weights or config.test.weights)
+    detector = Detector.from_weights(weights, config)
+    cache = config.run_dir / "detections" / detection_key(detector, weights)
+    index, count = parse_shard(args.shard) if args.shard else (0, 1)
+    dets = detect_split(detector, dataset, cache, default_cache_dir(config), index, count)
+    if count > 1:
+        print(f"shard {index}/{count}: {len(dets)} images detected into {cache}; "
+              "run again without --shard to merge and evaluate")
+        return None
+    save_detections(config.run_dir / f"detections_{dataset.name.split('/')[-1]}.npz", dets, dataset.classes, dataset.name)
     return dets
 
 
@@ -50,6 +74,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     start = time.perf_counter()
     dets = obtain_detections(args, config, dataset)
+    if dets is None:
+        return 0
     validate_detections(dets, dataset, where=str(args.detections or "detections"))
     timing["obtain detections"] = time.perf_counter() - start
 

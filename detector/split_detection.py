@@ -1,0 +1,83 @@
+"""Detection over a whole dataset split: per-image cache, resumable, shardable, merged at the end.
+
+Each image's detections are stored in ``<cache>/<key>/<image digest>.npz`` where ``key`` hashes
+the checkpoints' bytes and every setting that changes the output (proposals, test config), so a
+changed model or setting never reuses stale results. ``--shard i/n`` processes every n-th image
+(on another machine or rank); a later unsharded run finds them cached and merges.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from detector.inference import Detector
+from eval.atomic import atomic_path
+from eval.datasets import Dataset, ImageRecord
+from eval.detections import Detections, ImageDetections
+from eval.errors import UserError
+from eval.images import file_digest
+from proposals.cache import cached_proposals
+from proposals.extract import shard
+
+log = logging.getLogger(__name__)
+
+
+def detection_key(detector: Detector, weights: list[str]) -> str:
+    """Content hash of the model files and the settings that determine the detections."""
+    digest = hashlib.sha1()
+    for path in weights:
+        digest.update(file_digest(path, length=40).encode())
+    digest.update(",".join(s.name for s in detector.scorers if not weights).encode())
+    settings = {"proposals": dataclasses.asdict(detector.proposal_config), "test": dataclasses.asdict(detector.test_config)}
+    settings["test"].pop("weights", None)
+    settings["test"].pop("batch_size", None)  # batching does not change results
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_file(cache_dir: Path, record: ImageRecord) -> Path:
+    return cache_dir / f"{file_digest(record.path)}.npz"
+
+
+def _read_cached(path: Path) -> ImageDetections | None:
+    """Cached detections, or None when absent or unreadable (then recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return ImageDetections(data["boxes"], data["scores"], data["labels"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("%s: unreadable cached detections (%s); recomputing", path, exc)
+        return None
+
+
+def _write_cached(path: Path, dets: ImageDetections) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, boxes=dets.boxes, scores=dets.scores, labels=dets.labels)
+
+
+def detect_split(
+    detector: Detector, dataset: Dataset, cache_dir: Path, proposal_cache: Path,
+    shard_index: int = 0, shard_count: int = 1,
+) -> Detections:
+    """Detections of this shard's images of `dataset` (all images when unsharded), cached per image."""
+    if detector.classes != dataset.classes:
+        raise UserError(f"the model's classes {detector.classes[:5]}... do not match {dataset.name}'s "
+                        f"{dataset.classes[:5]}... ({len(detector.classes)} vs {len(dataset.classes)})")
+    records = shard(dataset.records, shard_index, shard_count)
+    results: Detections = {}
+    for record in tqdm(records, desc=f"detect {dataset.name}", unit="image", dynamic_ncols=True):
+        path = _cache_file(cache_dir, record)
+        dets = _read_cached(path)
+        if dets is None:
+            proposals = cached_proposals(record.path, detector.proposal_config, proposal_cache)
+            dets = detector.detect(record.path, proposals).as_image_detections()
+            _write_cached(path, dets)
+        results[record.image_id] = dets
+    return results
