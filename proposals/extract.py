@@ -1,0 +1,148 @@
+"""Proposals for many images: a process pool over the cache, resumable and shardable.
+
+Each worker process runs one search at a time on one core (``cv2.setNumThreads(1)``,
+``torch.set_num_threads(1)``), so N workers use N cores. Workers come from a ``forkserver``
+(``spawn`` where there is none), which is safe whatever threads the parent holds. Images already in the cache are read, not
+recomputed, so an interrupted run resumes where it stopped. A failing image is logged and
+reported in its result; the other images go on.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence, TypeVar
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eval.errors import UserError
+from proposals.cache import load_or_compute
+from proposals.config import ProposalConfig, validate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class ImageResult:
+    """Outcome for one image. `boxes` float32 [N, 4] only when asked for and successful."""
+
+    path: Path
+    n_boxes: int = 0
+    seconds: float = 0.0  #: search time when the boxes were computed (stored with them in the cache)
+    cached: bool = False
+    error: str = ""  #: one-line message naming the file; empty on success
+    boxes: np.ndarray | None = None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n: shard i (0-based) of n."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return i, n
+
+
+def shard(items: Sequence[T], index: int, count: int) -> list[T]:
+    """Every `count`-th item starting at `index` (0-based): shards 0..count-1 partition `items`."""
+    return list(items[index::count])
+
+
+def init_worker() -> None:
+    """Limit the calling process to one core for OpenCV and torch."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _one_core() -> Iterator[None]:
+    """Run the body like a pool worker (one core), then restore this process's thread counts."""
+    cv2_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
+    init_worker()
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(cv2_threads)
+        torch.set_num_threads(torch_threads)
+
+
+def extract_one(path: Path, config: ProposalConfig, cache_dir: Path, keep_boxes: bool = False) -> ImageResult:
+    """Proposals of one image through the cache; errors become the result's `error`, never raise."""
+    try:
+        entry = load_or_compute(path, config, cache_dir)
+    except UserError as exc:
+        return ImageResult(path=Path(path), error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a backend crash on one image must not stop the others
+        return ImageResult(path=Path(path), error=f"{path}: {type(exc).__name__}: {exc}")
+    return ImageResult(
+        path=Path(path), n_boxes=len(entry.boxes), seconds=entry.seconds, cached=entry.cached,
+        boxes=entry.boxes if keep_boxes else None,
+    )
+
+
+def extract(
+    paths: Sequence[Path], config: ProposalConfig, cache_dir: Path, *,
+    workers: int = 1, keep_boxes: bool = False, progress: bool = True, description: str = "proposals",
+) -> list[ImageResult]:
+    """Proposals of every image in `paths` (cached or computed), one result per path, in order.
+
+    `workers` > 1 runs a spawn-started process pool; 1 runs in this process (also limited to one
+    core). Failures are logged as they happen and returned with their message.
+    """
+    validate(config)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: expected at least 1")
+    results: list[ImageResult | None] = [None] * len(paths)
+    bar = tqdm(total=len(paths), desc=description, unit="img", disable=not progress, dynamic_ncols=True)
+    with bar:
+        for index, result in _run(paths, config, cache_dir, workers, keep_boxes):
+            if result.error:
+                log.error("%s", result.error)
+            results[index] = result
+            bar.update()
+    return results
+
+
+def _run(
+    paths: Sequence[Path], config: ProposalConfig, cache_dir: Path, workers: int, keep_boxes: bool
+) -> Iterator[tuple[int, ImageResult]]:
+    """(index, ImageResult) pairs as images finish."""
+    if workers == 1 or len(paths) <= 1:
+        with _one_core():
+            for index, path in enumerate(paths):
+                yield index, extract_one(path, config, cache_dir, keep_boxes)
+        return
+    with ProcessPoolExecutor(min(workers, len(paths)), mp_context=_pool_context(), initializer=init_worker) as pool:
+        futures = {pool.submit(extract_one, path, config, cache_dir, keep_boxes): i for i, path in enumerate(paths)}
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                yield index, future.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
+                yield index, ImageResult(path=Path(paths[index]), error=f"{paths[index]}: worker failed ({exc!r})")
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver (workers forked from a clean, single-threaded server that has imported this
+    module once, so later pools start fast) where available, else spawn; both fork-safe."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def default_workers() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,146 @@
+"""Recall / coverage of proposals against a split's ground truth, per method or preset.
+
+Measures (ignored ground truth, e.g. VOC ``difficult``, left out; images that failed excluded):
+
+- recall@t: fraction of ground-truth boxes whose best-overlapping proposal has IoU >= t;
+- MABO: mean over classes of the average best overlap of their boxes (Uijlings et al. 2013);
+- AR: average recall over IoU 0.5..1.0, ``2 * integral_{0.5}^{1} recall(t) dt`` (Hosang et al.
+  2016), computed exactly as ``2 * mean(max(best_overlap - 0.5, 0))``;
+- seconds/image: search + post-processing time of one worker on one core, measured when the
+  proposals were computed (stored with them in the cache).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from eval.atomic import atomic_path, write_text
+from eval.boxes import box_iou
+from eval.datasets import ImageRecord
+from eval.errors import UserError
+from proposals.config import BACKEND_PARAMS, PRESETS, ProposalConfig, backend_params
+from proposals.extract import ImageResult
+
+#: IoU thresholds of the recall-vs-IoU curve.
+CURVE_IOUS = np.round(np.linspace(0.5, 1.0, 51), 2)
+
+
+@dataclass
+class MethodSummary:
+    """Recall figures of one method/preset on one split (fractions in [0, 1], seconds per image)."""
+
+    label: str
+    method: str
+    preset: str
+    params: dict
+    images: int
+    failed: int
+    objects: int
+    boxes_per_image: float
+    recall_50: float
+    recall_70: float
+    mabo: float
+    average_recall: float
+    seconds_per_image: float
+    curve_recall: list[float] = field(default_factory=list)  #: recall at each of CURVE_IOUS
+
+
+def method_config(spec: str, base: ProposalConfig) -> ProposalConfig:
+    """`base` with the method and/or preset a ``--methods`` entry names.
+
+    An entry is a backend (``opencv-fast``: the config's preset), a preset (``googlenet``: the
+    config's backend) or both (``opencv-fast:googlenet``).
+    """
+    method, _, preset = spec.partition(":")
+    if not preset and method in PRESETS:
+        method, preset = base.method, method
+    if method not in BACKEND_PARAMS or (preset and preset not in PRESETS):
+        raise UserError(
+            f"--methods entry {spec!r}: expected a method ({', '.join(BACKEND_PARAMS)}), "
+            f"a preset ({', '.join(PRESETS)}) or METHOD:PRESET"
+        )
+    return dataclasses.replace(base, method=method, preset=preset or base.preset)
+
+
+def best_overlaps(gt_boxes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Best IoU [G] of each ground-truth box [G, 4] with any proposal [N, 4] (0 when N = 0)."""
+    if len(boxes) == 0 or len(gt_boxes) == 0:
+        return np.zeros(len(gt_boxes), dtype=np.float64)
+    iou = box_iou(torch.as_tensor(gt_boxes, dtype=torch.float32), torch.as_tensor(boxes, dtype=torch.float32))
+    return iou.max(dim=1).values.double().numpy()
+
+
+def summarize(
+    label: str, config: ProposalConfig, records: Sequence[ImageRecord], results: Sequence[ImageResult]
+) -> MethodSummary:
+    """Recall figures of `results` (boxes kept) against `records`' ground truth, same order."""
+    overlaps, labels = [], []
+    done = [(record, result) for record, result in zip(records, results) if not result.error]
+    for record, result in done:
+        keep = ~record.ignore
+        overlaps.append(best_overlaps(record.boxes[keep], result.boxes))
+        labels.append(record.labels[keep])
+    if not overlaps or not sum(len(o) for o in overlaps):
+        raise UserError(f"{label}: no image with ground-truth boxes succeeded; nothing to measure recall on")
+    best, classes = np.concatenate(overlaps), np.concatenate(labels)
+    return MethodSummary(
+        label=label, method=config.method, preset=config.preset, params=backend_params(config),
+        images=len(done), failed=len(results) - len(done), objects=len(best),
+        boxes_per_image=float(np.mean([result.n_boxes for _, result in done])),
+        recall_50=float(np.mean(best >= 0.5)), recall_70=float(np.mean(best >= 0.7)),
+        mabo=float(np.mean([best[classes == c].mean() for c in np.unique(classes)])),
+        average_recall=float(np.mean(2 * np.clip(best - 0.5, 0, None))),
+        seconds_per_image=float(np.mean([result.seconds for _, result in done])),
+        curve_recall=[float(np.mean(best >= t)) for t in CURVE_IOUS],
+    )
+
+
+def markdown_table(summaries: Sequence[MethodSummary]) -> str:
+    """One Markdown row per method: boxes/image, recall@0.5/0.7, MABO, AR (percent), s/image."""
+    lines = [
+        "| method | images | boxes/image | recall@0.5 | recall@0.7 | MABO | AR | s/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s.label} | {s.images} | {s.boxes_per_image:.0f} | {100 * s.recall_50:.1f} | "
+            f"{100 * s.recall_70:.1f} | {100 * s.mabo:.1f} | {100 * s.average_recall:.1f} | "
+            f"{s.seconds_per_image:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def save_plot(summaries: Sequence[MethodSummary], path: Path, title: str) -> None:
+    """Recall-vs-IoU curves of every method, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for s in summaries:
+        axes.plot(CURVE_IOUS, s.curve_recall, label=f"{s.label} ({s.boxes_per_image:.0f} boxes, AR {s.average_recall:.3f})")
+    axes.set(xlabel="IoU threshold", ylabel="recall", xlim=(0.5, 1.0), ylim=(0, 1.01), title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+
+
+def write_report(summaries: Sequence[MethodSummary], out_dir: Path, dataset_name: str) -> None:
+    """``recall.json`` (figures and curves) and ``recall.png`` in `out_dir`."""
+    payload = {
+        "dataset": dataset_name,
+        "curve_ious": CURVE_IOUS.tolist(),
+        "methods": [dataclasses.asdict(s) for s in summaries],
+    }
+    write_text(out_dir / "recall.json", json.dumps(payload, indent=2) + "\n")
+    save_plot(summaries, out_dir / "recall.png", f"proposal recall, {dataset_name}")
