@@ -66,6 +66,7 @@ class TrainConfig:
     svm_c: float = 0.001
     svm_neg_iou: float = 0.3
     svm_mining_rounds: int = 3
+    svm_proposals_per_image: int = 200  #: random proposals per image whose features feed the SVMs
     ridge_lambda: float = 1000.0
 
 

@@ -20,6 +20,7 @@ from detector.checkpoint import load_checkpoint, model_from_checkpoint
 from detector.class_maps import map_imagenet_probs, target_class_names
 from detector.model import RegionClassifier
 from detector.precision import Precision, prepare_input, prepare_model
+from detector.svm import SvmHead
 from eval.errors import UserError
 
 WEIGHTS_HELP = (
@@ -61,19 +62,28 @@ class RegionScorer:
 
 
 class FineTunedScorer(RegionScorer):
-    """A checkpoint from ``rcnn train``: softmax class probabilities and box-regression deltas."""
+    """A checkpoint from ``rcnn train``: softmax probabilities and box deltas of the network, or
+    R-CNN SVM margins and ridge deltas when the checkpoint holds an SVM head."""
+
+    def __init__(self, *args, svm: SvmHead | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.svm = svm
 
     @classmethod
     def from_checkpoint(cls, path: str) -> "FineTunedScorer":
         state = load_checkpoint(path)
         model: RegionClassifier = model_from_checkpoint(state)
         model_config = state.get("config", {}).get("model", {})
+        svm = SvmHead.from_state_dict(state["svm"]) if state.get("svm") else None
         return cls(model, list(state["classes"]), list(state.get("display_names", state["classes"])),
-                   model_config.get("input_size", 224), model_config.get("context_pad", 16), str(path))
+                   model_config.get("input_size", 224), model_config.get("context_pad", 16), str(path), svm=svm)
 
     def __call__(self, regions: torch.Tensor, precision: Precision) -> RegionScores:
         with precision.autocast():
             out = self.network(prepare_input(regions, precision))
+        if self.svm is not None:
+            features = out.features.float().cpu()
+            return RegionScores(self.svm.scores(features), self.svm.deltas(features))
         return RegionScores(F.softmax(out.class_logits.float(), dim=1).cpu(), out.box_deltas.float().cpu())
 
 

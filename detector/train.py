@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from detector.checkpoint import check_classes, load_checkpoint, save_checkpoint
 from detector.config import Config, TrainConfig, save_config
-from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
 from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
+from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
 from detector.model import RegionClassifier, RegionOutputs, build_model
 from detector.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
+from detector.svm import SvmHead, collect_features, train_svm_head
 from eval.atomic import atomic_path, write_text
 from eval.datasets import load_dataset
 from eval.errors import UserError
@@ -76,6 +77,8 @@ class Trainer:
         self.batches = self._batches()  # fails early on a split without objects
         self.precision = resolve_precision(config.train.precision, device_for(context))
         flush_denormals()
+        if config.train.classifier not in ("softmax", "svm"):
+            raise UserError(f"train.classifier {config.train.classifier!r}: expected softmax or svm")
         self._check_run_dir(resume)
         init = "random" if resume else config.model.init
         model = build_model(len(self.classes), init, config.model.aux_classifiers, config.model.dropout)
@@ -226,15 +229,30 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> Path:
-        """Write the inference checkpoint (no optimiser state) and the training curve."""
+        """Write the inference checkpoint (no optimiser state, plus SVMs when configured) and the
+        training curve."""
         final = self.run_dir / "model_final.pt"
         if self.context.is_main:
             state = self.state(_rng_state())
             for key in ("optimizer", "scheduler", "ema_state", "rng"):
                 state.pop(key)
+            if self.config.train.classifier == "svm":
+                state["svm"] = self._train_svms().state_dict()
             save_checkpoint(final, state)
             plot_training_curve(self.run_dir / "train_log.csv", self.run_dir / "train_curve.png")
         return final
+
+
+    def _train_svms(self) -> SvmHead:
+        """R-CNN's SVM + ridge stage on the features of the fine-tuned (EMA if used) network."""
+        config, train = self.config, self.config.train
+        network = self.ema.module if self.ema is not None else self.model
+        regions = collect_features(
+            network, self.dataset, self.batches.proposal_fn, config.model.input_size, config.model.context_pad,
+            self.precision, train.svm_proposals_per_image, np.random.default_rng(config.seed),
+        )
+        return train_svm_head(regions, len(self.classes), train.svm_c, train.svm_neg_iou,
+                              train.svm_mining_rounds, train.ridge_lambda, config.seed)
 
 
 class _ProposalSource:
