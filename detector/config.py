@@ -60,7 +60,8 @@ class TrainConfig:
     precision: str = "auto"  #: auto (bf16 on capable CPUs, fp16 AMP on CUDA) | fp32 | bf16 | fp16
     checkpoint_every: int = 1000
     log_every: int = 20
-    val_every: int = 0  #: validation mAP every N iterations (0 = off)
+    val_every: int = 0  #: validation mAP on data.test_split every N iterations (0 = off)
+    val_images: int = 50  #: images of the test split used for validation mAP (0 = all)
     workers: int = 2  #: DataLoader worker processes
     classifier: str = "softmax"  #: softmax | svm (R-CNN per-class linear SVMs on features)
     svm_c: float = 0.001

@@ -21,8 +21,8 @@ from eval.datasets import Dataset, ImageRecord
 from eval.errors import UserError
 from eval.images import load_image
 
-#: (image path, RGB image [H, W, 3]) -> proposals float32 [P, 4] xyxy
-ProposalFn = Callable[[Path, np.ndarray], np.ndarray]
+#: image path -> proposals float32 [P, 4] xyxy (pixels of the image file)
+ProposalFn = Callable[[Path], np.ndarray]
 
 
 @dataclass
@@ -84,7 +84,7 @@ class TrainBatches(TorchDataset):
         """Warped regions and targets sampled from one (possibly flipped) image."""
         s = self.settings
         image = load_image(record.path)
-        proposals = np.asarray(self.proposal_fn(record.path, image), dtype=np.float32).reshape(-1, 4)
+        proposals = np.asarray(self.proposal_fn(record.path), dtype=np.float32).reshape(-1, 4)
         gt_boxes, gt_labels = record.boxes[~record.ignore], record.labels[~record.ignore]
         flip = s.flip and bool(rng.integers(0, 2))
         if flip:

@@ -93,7 +93,7 @@ def collect_features(
         gt_boxes = torch.from_numpy(record.boxes[keep])
         gt_labels = record.labels[keep]
         image = load_image(record.path)
-        proposals = torch.as_tensor(np.asarray(proposal_fn(record.path, image), np.float32).reshape(-1, 4))
+        proposals = torch.as_tensor(np.asarray(proposal_fn(record.path), np.float32).reshape(-1, 4))
         boxes = torch.cat([gt_boxes, _sample_proposals(proposals, gt_boxes, proposals_per_image, rng)])
         normalized = normalize_image(image)
         features = torch.cat([

@@ -7,6 +7,7 @@ so an interrupted run ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import logging
@@ -219,6 +220,8 @@ class Trainer:
                 if self.iteration % train.checkpoint_every == 0 or self.iteration == train.iterations:
                     rng_state = _rng_state()
                     self.save(rng_state)
+                if train.val_every and self.iteration % train.val_every == 0 and self.context.is_main:
+                    self._validate()
         except KeyboardInterrupt:
             self.save(rng_state)
             log.warning("interrupted: checkpoint saved at iteration %d; rerun with --resume", self.iteration)
@@ -243,6 +246,37 @@ class Trainer:
         return final
 
 
+    def _validate(self) -> float:
+        """mAP of the current weights (EMA if used) on the first `val_images` test images, logged
+        to val_log.csv; the global RNG is left as it was so training is unaffected."""
+        from detector.inference import Detector
+        from detector.scorers import FineTunedScorer
+        from eval.metrics import make_evaluator, resolve_metric
+
+        config = self.config
+        if not hasattr(self, "val_dataset"):
+            self.val_dataset = load_dataset(config.data, config.data.test_split)
+        records = self.val_dataset.records[: config.train.val_images or None]
+        network = copy.deepcopy(self.ema.module if self.ema is not None else self.model).eval()
+        scorer = FineTunedScorer(network, self.classes, self.dataset.display_names,
+                                 config.model.input_size, config.model.context_pad, "validation")
+        detector = Detector([scorer], config.proposals, config.test, self.precision)
+        subset = dataclasses.replace(self.val_dataset, records=records)
+        evaluator = make_evaluator(resolve_metric(config.eval.metric, config.data.format), subset)
+        rng = torch.get_rng_state()
+        for record in tqdm(records, desc="validate", leave=False, dynamic_ncols=True):
+            proposals = self.batches.proposal_fn(record.path)
+            evaluator.process(record.image_id, detector.detect(record.path, proposals).as_image_detections())
+        torch.set_rng_state(rng)
+        mean_ap = float(evaluator.evaluate().mAP)
+        log_path = self.run_dir / "val_log.csv"
+        if not log_path.is_file():
+            write_text(log_path, "iteration,mAP\n")
+        with log_path.open("a") as handle:
+            handle.write(f"{self.iteration},{mean_ap:.6f}\n")
+        log.info("iteration %d: validation mAP %.4f on %d images", self.iteration, mean_ap, len(records))
+        return mean_ap
+
     def _train_svms(self) -> SvmHead:
         """R-CNN's SVM + ridge stage on the features of the fine-tuned (EMA if used) network."""
         config, train = self.config, self.config.train
@@ -262,7 +296,7 @@ class _ProposalSource:
         self.proposal_config = proposal_config
         self.cache_dir = cache_dir
 
-    def __call__(self, image_path: Path, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image_path: Path) -> np.ndarray:
         return cached_proposals(image_path, self.proposal_config, self.cache_dir)
 
 

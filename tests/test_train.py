@@ -91,3 +91,14 @@ def test_ddp_two_cpu_ranks_keep_identical_weights(tiny_voc, tmp_path):
     assert digests[0] == digests[1]
     assert (tmp_path / "run" / "model_final.pt").is_file()
     assert not (tmp_path / "run" / "rank1_saved").exists()
+
+
+def test_validation_map_is_logged_without_changing_training(tiny_voc, tmp_path):
+    plain = load_checkpoint(train(tiny_config(tiny_voc, tmp_path / "plain", "train.iterations=2")))
+    validated = load_checkpoint(train(tiny_config(tiny_voc, tmp_path / "val", "train.iterations=2",
+                                                  "train.val_every=1", "train.val_images=2")))
+    rows = (tmp_path / "val" / "val_log.csv").read_text().splitlines()
+    assert rows[0] == "iteration,mAP" and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert all(0.0 <= float(r.split(",")[1]) <= 1.0 for r in rows[1:])
+    for key, value in plain["model"].items():
+        assert torch.equal(value, validated["model"][key]), key
