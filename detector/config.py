@@ -69,6 +69,8 @@ class TrainConfig:
     svm_mining_rounds: int = 3
     svm_proposals_per_image: int = 200  #: random proposals per image whose features feed the SVMs
     ridge_lambda: float = 1000.0
+    extra_split: str = ""  #: split whose ground-truth boxes are extra positives, no proposals/background (R-CNN ILSVRC: DET train)
+    extra_boxes_per_class: int = 1000  #: at most this many extra ground-truth boxes per class (R-CNN: 1000)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class EvalConfig:
     """How detections are scored."""
 
     metric: str = "auto"  #: auto (by data.format) | voc07 | voc10 | ilsvrc | coco
+    splits: list[str] = field(default_factory=list)  #: splits `rcnn run` detects and scores; empty = [data.test_split]
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ensemble: list[str] = field(default_factory=list)  #: member configs or `rcnn run` folders; `rcnn run` fuses them
 
     @property
     def run_dir(self) -> Path:

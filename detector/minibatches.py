@@ -71,6 +71,7 @@ class TrainBatches(TorchDataset):
         self.records = [r for r in dataset.records if (~r.ignore).any()]
         if not self.records:
             raise UserError(f"{dataset.name}: no image has a (non-difficult) object to train on")
+        self.ground_truth_only: set[int] = set()  #: indices into records of ground-truth-only images
         self.proposal_fn = proposal_fn
         self.settings = settings
         self.iterations = iterations
@@ -80,11 +81,20 @@ class TrainBatches(TorchDataset):
     def __len__(self) -> int:
         return self.iterations
 
-    def _image_regions(self, record: ImageRecord, rng: np.random.Generator, num_regions: int):
-        """Warped regions and targets sampled from one (possibly flipped) image."""
+    def add_ground_truth_only(self, records: list[ImageRecord]) -> None:
+        """Also draw `records`, whose ground-truth boxes are the only regions taken: no proposals,
+        no background (R-CNN on ILSVRC: DET train images are not exhaustively annotated)."""
+        kept = [r for r in records if (~r.ignore).any()]
+        self.ground_truth_only.update(range(len(self.records), len(self.records) + len(kept)))
+        self.records = self.records + kept
+
+    def _image_regions(self, record: ImageRecord, rng: np.random.Generator, num_regions: int, gt_only: bool = False):
+        """Warped regions and targets sampled from one (possibly flipped) image; a ground-truth-only
+        image yields its ground-truth boxes alone."""
         s = self.settings
         image = load_image(record.path)
-        proposals = np.asarray(self.proposal_fn(record.path), dtype=np.float32).reshape(-1, 4)
+        proposals = np.zeros((0, 4), np.float32) if gt_only else \
+            np.asarray(self.proposal_fn(record.path), dtype=np.float32).reshape(-1, 4)
         gt_boxes, gt_labels = record.boxes[~record.ignore], record.labels[~record.ignore]
         flip = s.flip and bool(rng.integers(0, 2))
         if flip:
@@ -103,7 +113,7 @@ class TrainBatches(TorchDataset):
         rng = np.random.default_rng([self.seed, iteration, self.rank])
         picks = rng.choice(len(self.records), size=min(s.images_per_batch, len(self.records)), replace=False)
         per_image = s.regions_per_batch // len(picks)
-        parts = [self._image_regions(self.records[i], rng, per_image) for i in picks]
+        parts = [self._image_regions(self.records[i], rng, per_image, int(i) in self.ground_truth_only) for i in picks]
         return RegionBatch(
             regions=torch.cat([p[0] for p in parts]),
             labels=torch.cat([p[1].labels for p in parts]),
