@@ -55,6 +55,11 @@ def resolve_weights(weights: list[str]) -> list[str]:
     return [str(DEFAULT_CHECKPOINT)] if DEFAULT_CHECKPOINT.is_file() else []
 
 
+def _flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """Boxes [N, 4] of an image mirrored horizontally."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
 class Detector:
     """R-CNN detection with one or more region scorers (an ensemble) over shared proposals."""
 
@@ -99,25 +104,43 @@ class Detector:
         scores = torch.zeros((len(members), len(boxes), num_classes + 1))
         deltas = torch.zeros((len(members), len(boxes), 4 * num_classes))
         normalized = normalize_image(image)
+        if len(boxes):
+            self._score_shared(members, normalized, boxes, scores, deltas)
+            self._score_crops(members, normalized, boxes, scores, deltas)
+        for k, (_, flip) in enumerate(members):
+            if flip:  # a mirrored region's x-shift points the other way
+                deltas[k, :, 0::4] *= -1
+        flat = deltas.view(len(members) * len(boxes), 4 * num_classes)
+        refined = decode_deltas(boxes.repeat(len(members), 1), flat).view(-1, 4)
+        refined = clip_boxes(refined, height, width)
+        return scores, refined.view(len(members), len(boxes), num_classes, 4)
+
+    def _score_shared(self, members, normalized, boxes, scores, deltas) -> None:
+        """Fill rows of roi-mode members: one trunk pass per (model, flip)."""
+        width = normalized.shape[2]
+        for k, (scorer, flip) in enumerate(members):
+            if scorer.shares_features:
+                image, member_boxes = (normalized.flip(-1), _flip_boxes(boxes, width)) if flip else (normalized, boxes)
+                out = scorer.score_image(image, member_boxes, self.precision, self.test_config.batch_size)
+                scores[k], deltas[k] = out.scores, out.deltas
+
+    def _score_crops(self, members, normalized, boxes, scores, deltas) -> None:
+        """Fill rows of warped-region members, chunk by chunk; a warp is shared by every member
+        with the same (size, context, flip)."""
         step = self.test_config.batch_size
         for start in range(0, len(boxes), step):
             chunk = boxes[start : start + step]
-            warped: dict[tuple, torch.Tensor] = {}  # one warp per distinct (size, pad, flip)
+            warped: dict[tuple, torch.Tensor] = {}
             for k, (scorer, flip) in enumerate(members):
+                if scorer.shares_features:
+                    continue
                 key = (*scorer.warp_key, flip)
                 if key not in warped:
                     warped[key] = warp_regions(normalized, chunk, *scorer.warp_key, flip=flip)
                 out = scorer(warped[key], self.precision)
                 scores[k, start : start + step] = out.scores
                 if out.deltas is not None:
-                    member_deltas = out.deltas.clone()
-                    if flip:  # a mirrored region's x-shift points the other way
-                        member_deltas[:, 0::4] *= -1
-                    deltas[k, start : start + step] = member_deltas
-        flat = deltas.view(len(members) * len(boxes), 4 * num_classes)
-        refined = decode_deltas(boxes.repeat(len(members), 1), flat).view(-1, 4)
-        refined = clip_boxes(refined, height, width)
-        return scores, refined.view(len(members), len(boxes), num_classes, 4)
+                    deltas[k, start : start + step] = out.deltas
 
     # ----------------------------------------------------------------- detection
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from detector.regions import normalize_image, warp_regions
+from detector.regions import normalize_image, resize_for_roi, roi_inputs, warp_regions
 from detector.sampling import sample_regions
 from eval.datasets import Dataset, ImageRecord
 from eval.errors import UserError
@@ -38,14 +38,18 @@ class SamplingSettings:
     flip: bool = True
     input_size: int = 224
     context_pad: int = 16
+    mode: str = "crop"  #: crop: warped regions; roi: resized images + RoIs (shared features)
+    roi_short_side: int = 600
+    roi_max_side: int = 1000
 
 
 @dataclass
 class RegionBatch:
-    """regions [R, 3, S, S] normalised; labels [R] (0 = background); box_targets [R, 4];
-    box_mask [R] bool; num_fg: foreground regions in the batch."""
+    """The network's inputs — crop mode: (regions [R, 3, S, S],); roi mode: (list of normalised
+    images [3, H, W], rois [R, 5]) — and the targets: labels [R] (0 = background),
+    box_targets [R, 4], box_mask [R] bool."""
 
-    regions: torch.Tensor
+    inputs: tuple
     labels: torch.Tensor
     box_targets: torch.Tensor
     box_mask: torch.Tensor
@@ -88,9 +92,11 @@ class TrainBatches(TorchDataset):
         self.ground_truth_only.update(range(len(self.records), len(self.records) + len(kept)))
         self.records = self.records + kept
 
-    def _image_regions(self, record: ImageRecord, rng: np.random.Generator, num_regions: int, gt_only: bool = False):
-        """Warped regions and targets sampled from one (possibly flipped) image; a ground-truth-only
-        image yields its ground-truth boxes alone."""
+    def _image_regions(self, record: ImageRecord, rng: np.random.Generator, num_regions: int, index: int,
+                       gt_only: bool = False):
+        """Network inputs (warped regions; or the resized image and its RoIs, `index` being the
+        image's place in the batch) and targets sampled from one (possibly flipped) image; a
+        ground-truth-only image yields its ground-truth boxes alone."""
         s = self.settings
         image = load_image(record.path)
         proposals = np.zeros((0, 4), np.float32) if gt_only else \
@@ -105,17 +111,25 @@ class TrainBatches(TorchDataset):
             torch.from_numpy(proposals), torch.from_numpy(gt_boxes), torch.from_numpy(gt_labels),
             num_regions, rng, s.fg_fraction, s.fg_iou, s.bg_iou, s.bbox_iou,
         )
-        regions = warp_regions(normalize_image(image), targets.boxes, s.input_size, s.context_pad)
-        return regions, targets
+        normalized = normalize_image(image)
+        if s.mode == "roi":
+            resized, scale = resize_for_roi(normalized, s.roi_short_side, s.roi_max_side)
+            return (resized, roi_inputs(targets.boxes, index, s.input_size, s.context_pad, scale)), targets
+        return warp_regions(normalized, targets.boxes, s.input_size, s.context_pad), targets
 
     def __getitem__(self, iteration: int) -> RegionBatch:
         s = self.settings
         rng = np.random.default_rng([self.seed, iteration, self.rank])
         picks = rng.choice(len(self.records), size=min(s.images_per_batch, len(self.records)), replace=False)
         per_image = s.regions_per_batch // len(picks)
-        parts = [self._image_regions(self.records[i], rng, per_image, int(i) in self.ground_truth_only) for i in picks]
+        parts = [self._image_regions(self.records[i], rng, per_image, k, int(i) in self.ground_truth_only)
+                 for k, i in enumerate(picks)]
+        if s.mode == "roi":
+            inputs = ([p[0][0] for p in parts], torch.cat([p[0][1] for p in parts]))
+        else:
+            inputs = (torch.cat([p[0] for p in parts]),)
         return RegionBatch(
-            regions=torch.cat([p[0] for p in parts]),
+            inputs=inputs,
             labels=torch.cat([p[1].labels for p in parts]),
             box_targets=torch.cat([p[1].box_targets for p in parts]),
             box_mask=torch.cat([p[1].box_mask for p in parts]),

@@ -73,9 +73,11 @@ def prepare_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Modu
     return model
 
 
-def prepare_input(regions: torch.Tensor, precision: Precision) -> torch.Tensor:
-    """Regions [B, 3, S, S] on the device, channels_last on CPU."""
-    regions = regions.to(precision.device, non_blocking=True)
-    if precision.device.type == "cpu":
-        regions = regions.contiguous(memory_format=torch.channels_last)
-    return regions
+def prepare_input(inputs, precision: Precision):
+    """Network input on the device: a tensor (4-D ones channels_last on CPU) or a list/tuple of them."""
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(prepare_input(item, precision) for item in inputs)
+    inputs = inputs.to(precision.device, non_blocking=True)
+    if precision.device.type == "cpu" and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from detector.model import PIXEL_MEAN, PIXEL_STD
@@ -47,3 +48,20 @@ def warp_regions(
     rois = torch.cat([boxes.new_zeros((len(boxes), 1)), dilate_for_context(boxes.float(), size, context_pad)], 1)
     regions = roi_align(image[None], rois.to(image.dtype), (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
     return regions.flip(-1) if flip else regions
+
+
+def resize_for_roi(image: torch.Tensor, short_side: int, max_side: int) -> tuple[torch.Tensor, float]:
+    """Normalised image [3, H, W] resized (antialiased bilinear) so its shorter side is
+    `short_side` unless the longer would exceed `max_side`; returns it and the scale factor."""
+    height, width = image.shape[1:]
+    scale = min(short_side / min(height, width), max_side / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return resized, scale
+
+
+def roi_inputs(boxes: torch.Tensor, index: int, input_size: int, context_pad: int, scale: float) -> torch.Tensor:
+    """RoIs [N, 5] (image index, xyxy) for the shared-feature model: boxes [N, 4] dilated for the
+    same context a `input_size` crop with `context_pad` would show, in the resized image's pixels."""
+    dilated = dilate_for_context(boxes.float(), input_size, context_pad) * scale
+    return torch.cat([dilated.new_full((len(boxes), 1), float(index)), dilated], dim=1)

@@ -18,8 +18,9 @@ from torchvision.models import GoogLeNet_Weights, googlenet
 
 from detector.checkpoint import load_checkpoint, model_from_checkpoint
 from detector.class_maps import map_imagenet_probs, target_class_names
-from detector.model import RegionClassifier
+from detector.model import RegionClassifier, SharedFeatureClassifier
 from detector.precision import Precision, prepare_input, prepare_model
+from detector.regions import resize_for_roi, roi_inputs
 from detector.svm import SvmHead
 from eval.errors import UserError
 
@@ -39,6 +40,8 @@ class RegionScores:
 
 class RegionScorer:
     """Base: a network in eval mode plus the warp settings its input needs."""
+
+    shares_features = False  #: roi-mode scorers score whole images (see FineTunedScorer.score_image)
 
     def __init__(self, network: nn.Module, classes: list[str], display_names: list[str],
                  input_size: int, context_pad: int, name: str) -> None:
@@ -65,9 +68,15 @@ class FineTunedScorer(RegionScorer):
     """A checkpoint from ``rcnn train``: softmax probabilities and box deltas of the network, or
     R-CNN SVM margins and ridge deltas when the checkpoint holds an SVM head."""
 
-    def __init__(self, *args, svm: SvmHead | None = None, **kwargs) -> None:
+    def __init__(self, *args, svm: SvmHead | None = None, roi_sides: tuple[int, int] = (600, 1000), **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.svm = svm
+        self.roi_sides = roi_sides  #: (short, max) image sides of a shared-feature (roi) model
+
+    @property
+    def shares_features(self) -> bool:
+        """True for a roi-mode model, which scores all boxes of an image from one trunk pass."""
+        return isinstance(self.network, SharedFeatureClassifier)
 
     @classmethod
     def from_checkpoint(cls, path: str) -> "FineTunedScorer":
@@ -75,16 +84,34 @@ class FineTunedScorer(RegionScorer):
         model: RegionClassifier = model_from_checkpoint(state)
         model_config = state.get("config", {}).get("model", {})
         svm = SvmHead.from_state_dict(state["svm"]) if state.get("svm") else None
+        roi_sides = (model_config.get("roi_short_side", 600), model_config.get("roi_max_side", 1000))
         return cls(model, list(state["classes"]), list(state.get("display_names", state["classes"])),
-                   model_config.get("input_size", 224), model_config.get("context_pad", 16), str(path), svm=svm)
+                   model_config.get("input_size", 224), model_config.get("context_pad", 16), str(path),
+                   svm=svm, roi_sides=roi_sides)
 
-    def __call__(self, regions: torch.Tensor, precision: Precision) -> RegionScores:
-        with precision.autocast():
-            out = self.network(prepare_input(regions, precision))
+    def _scores(self, out) -> RegionScores:
         if self.svm is not None:
             features = out.features.float().cpu()
             return RegionScores(self.svm.scores(features), self.svm.deltas(features))
         return RegionScores(F.softmax(out.class_logits.float(), dim=1).cpu(), out.box_deltas.float().cpu())
+
+    def score_image(self, image: torch.Tensor, boxes: torch.Tensor, precision: Precision, batch_size: int) -> RegionScores:
+        """Shared-feature (roi) scoring of boxes [N, 4] on a normalised image [3, H, W]: one
+        trunk pass, then RoIAlign + inception 5 + heads in chunks of `batch_size` regions."""
+        resized, scale = resize_for_roi(image, *self.roi_sides)
+        with precision.autocast():
+            maps_4e = [self.network.image_features(prepare_input(resized, precision))[2]]
+            parts = [
+                self._scores(self.network.pooled_outputs(
+                    maps_4e, prepare_input(roi_inputs(chunk, 0, self.input_size, self.context_pad, scale), precision)))
+                for chunk in boxes.split(batch_size)
+            ]
+        return RegionScores(torch.cat([p.scores for p in parts]), torch.cat([p.deltas for p in parts]))
+
+    def __call__(self, regions: torch.Tensor, precision: Precision) -> RegionScores:
+        with precision.autocast():
+            out = self.network(prepare_input(regions, precision))
+        return self._scores(out)
 
 
 class ImageNetScorer(RegionScorer):

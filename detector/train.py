@@ -80,9 +80,11 @@ class Trainer:
         flush_denormals()
         if config.train.classifier not in ("softmax", "svm"):
             raise UserError(f"train.classifier {config.train.classifier!r}: expected softmax or svm")
+        if config.train.classifier == "svm" and config.model.mode != "crop":
+            raise UserError("train.classifier svm works on warped regions: set model.mode=crop")
         self._check_run_dir(resume)
         init = "random" if resume else config.model.init
-        model = build_model(len(self.classes), init, config.model.aux_classifiers, config.model.dropout)
+        model = build_model(len(self.classes), init, config.model.aux_classifiers, config.model.dropout, config.model.mode)
         self.model: RegionClassifier = prepare_model(model, self.precision)
         train = config.train
         self.optimizer = torch.optim.SGD(
@@ -164,6 +166,7 @@ class Trainer:
             train.images_per_batch, train.regions_per_batch, train.fg_fraction, train.fg_iou,
             (train.bg_iou_low, train.bg_iou_high), train.bbox_iou, train.flip,
             config.model.input_size, config.model.context_pad,
+            config.model.mode, config.model.roi_short_side, config.model.roi_max_side,
         )
         return TrainBatches(
             self.dataset, _ProposalSource(config.proposals, default_cache_dir(config)), settings,
@@ -181,9 +184,9 @@ class Trainer:
     def step(self, batch: RegionBatch) -> dict[str, float]:
         """One SGD step on one minibatch; returns the losses as floats."""
         self.network.train()
-        regions = prepare_input(batch.regions, self.precision)
+        inputs = prepare_input(batch.inputs, self.precision)
         with self.precision.autocast():
-            outputs = self.network(regions)
+            outputs = self.network(*inputs)
         losses = region_losses(outputs, batch, self.config.train.aux_loss_weight, self.config.train.bbox_loss_weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()

@@ -1,0 +1,48 @@
+"""Shared-feature mode (model.mode: roi): same weights as crop mode, trained and used end to end."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from detector.checkpoint import load_checkpoint
+from detector.config import load_config
+from detector.inference import Detector
+from detector.model import build_model
+from detector.regions import resize_for_roi, roi_inputs
+from detector.train import train
+from eval.images import load_image
+
+
+def test_roi_model_shares_the_crop_models_weights():
+    crop, roi = build_model(2, mode="crop"), build_model(2, mode="roi")
+    assert crop.state_dict().keys() == roi.state_dict().keys()
+    roi.load_state_dict(crop.state_dict())
+    roi.train()
+    out = roi([torch.randn(3, 96, 128), torch.randn(3, 80, 80)], torch.tensor([[0, 0, 0, 64, 64], [1, 8, 8, 72, 40.0]]))
+    assert out.class_logits.shape == (2, 3) and out.box_deltas.shape == (2, 8) and len(out.aux_logits) == 2
+
+
+def test_roi_geometry():
+    image = torch.zeros(3, 300, 400)
+    resized, scale = resize_for_roi(image, short_side=600, max_side=700)
+    assert scale == 700 / 400 and resized.shape == (3, 525, 700)  # the long side caps the scale
+    rois = roi_inputs(torch.tensor([[100.0, 100.0, 292.0, 196.0]]), 3, 224, 16, scale=0.5)
+    assert rois.tolist() == [[3.0, 42.0, 46.0, 154.0, 102.0]]  # context-dilated, then scaled
+
+
+def test_roi_mode_trains_and_detects(tiny_voc, tmp_path):
+    config = load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "model.mode=roi",
+                                  "model.roi_short_side=120", "model.roi_max_side=200", "train.iterations=2",
+                                  "test.score_threshold=0.0"])
+    state = load_checkpoint(train(config))
+    assert state["config"]["model"]["mode"] == "roi"
+    detector = Detector.from_weights([str(tmp_path / "model_final.pt")], config)
+    assert detector.scorers[0].shares_features
+    image = load_image(tiny_voc / "JPEGImages" / "test_0000.jpg")
+    proposals = np.array([[10, 10, 60, 60], [50, 20, 150, 110], [0, 0, 160, 120]], np.float32)
+    scores, boxes = detector.score(image, proposals)
+    assert scores.shape == (1, 3, 3) and torch.allclose(scores.sum(-1), torch.ones(1, 3), atol=1e-5)
+    # batching does not change the shared-feature scores
+    detector.test_config.batch_size = 1
+    assert torch.allclose(detector.score(image, proposals)[0], scores, atol=1e-5)
+    assert len(detector.detect(image, proposals).boxes) > 0
