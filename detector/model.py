@@ -8,7 +8,10 @@ class-specific box-regression layer (4*C deltas) is added, as in R-CNN / Fast R-
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,16 +148,26 @@ class SharedFeatureClassifier(RegionClassifier):
 MODEL_CLASSES = {"crop": RegionClassifier, "roi": SharedFeatureClassifier}
 
 
+def imagenet_weights() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet GoogLeNet weights: from its cache ($TORCH_HOME/hub/checkpoints,
+    default ~/.cache/torch/hub/checkpoints), downloaded there when online."""
+    chatter = io.StringIO()  # torch.hub prints "Downloading ..." on stdout; shown only on success
+    try:
+        with contextlib.redirect_stdout(chatter):
+            state = GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as exc:  # offline, proxy, corrupt download
+        raise UserError(
+            f"cannot load torchvision's ImageNet GoogLeNet weights ({type(exc).__name__}): put "
+            "googlenet-1378be20.pth in ~/.cache/torch/hub/checkpoints/, or give a local copy as model.init=PATH"
+        ) from None
+    print(chatter.getvalue(), end="", file=sys.stderr)
+    return state
+
+
 def _imagenet_state_dict(init: str) -> dict[str, torch.Tensor]:
     """torchvision GoogLeNet ImageNet weights: downloaded by torchvision, or a local .pth file."""
     if init == "imagenet":
-        try:
-            return GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        except Exception as exc:  # no network, proxy, corrupt download...
-            raise UserError(
-                f"cannot download the ImageNet GoogLeNet weights ({type(exc).__name__}: {exc}); "
-                "download googlenet-1378be20.pth elsewhere and pass --set model.init=PATH"
-            ) from None
+        return imagenet_weights()
     path = Path(init)
     if not path.is_file():
         raise UserError(f"model.init {init!r}: expected imagenet, random or a .pth file")

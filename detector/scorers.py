@@ -6,28 +6,22 @@ checkpoint; ``ImageNetScorer`` is the no-training default: torchvision's ImageNe
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import GoogLeNet_Weights, googlenet
+from torchvision.models import googlenet
 
 from detector.checkpoint import load_checkpoint, model_from_checkpoint
 from detector.class_maps import map_imagenet_probs, target_class_names
-from detector.model import RegionClassifier, SharedFeatureClassifier
+from detector.model import RegionClassifier, SharedFeatureClassifier, imagenet_weights
 from detector.precision import Precision, prepare_input, prepare_model
 from detector.regions import resize_for_roi, roi_inputs
 from detector.svm import SvmHead
 from eval.errors import UserError
 
-WEIGHTS_HELP = (
-    "pass --weights CHECKPOINT.pt (train one with `rcnn train`), set $RCNN_WEIGHTS, or put the "
-    "torchvision file googlenet-1378be20.pth in ~/.cache/torch/hub/checkpoints/ for the ImageNet default"
-)
+WEIGHTS_HELP = "pass --weights CHECKPOINT.pt (train one with `rcnn train`) or set $RCNN_WEIGHTS"
 
 
 @dataclass
@@ -133,13 +127,10 @@ class ImageNetScorer(RegionScorer):
 
 
 def _imagenet_weights() -> dict[str, torch.Tensor]:
-    """torchvision's GoogLeNet ImageNet weights (from its cache, downloading if online)."""
-    chatter = io.StringIO()  # torch.hub prints "Downloading ..." on stdout; shown only on success
+    """The ImageNet weights, or a UserError that also says how to give detection weights."""
     try:
-        with contextlib.redirect_stdout(chatter):
-            state = GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-        print(chatter.getvalue(), end="", file=sys.stderr)
-        return state
-    except Exception as exc:  # offline, proxy, corrupt file
-        raise UserError(f"no detection weights available and the ImageNet GoogLeNet could not be loaded "
-                        f"({type(exc).__name__}); {WEIGHTS_HELP}") from None
+        return imagenet_weights()
+    except UserError as exc:
+        reason = str(exc).split(":")[0]
+        raise UserError(f"no detection weights: {WEIGHTS_HELP}; the ImageNet default model is unavailable "
+                        f"({reason}; it needs googlenet-1378be20.pth in ~/.cache/torch/hub/checkpoints/)") from None
