@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from detector.model import MODEL_CLASSES, RegionClassifier
+from detector.model import RegionClassifier, make_network
 from eval.atomic import atomic_path
 from eval.errors import UserError
 
@@ -61,7 +61,8 @@ def model_from_checkpoint(state: dict[str, Any], use_ema: bool = True) -> Region
     head = weights.get("cls_score.weight")
     if head is None or head.shape[0] != num_classes + 1:
         raise UserError(f"checkpoint head has {None if head is None else head.shape[0]} outputs for {num_classes} classes + background")
-    mode = state.get("config", {}).get("model", {}).get("mode", "crop")
-    model = MODEL_CLASSES[mode](num_classes, aux_classifiers=False)
+    model_config = state.get("config", {}).get("model", {})
+    model = make_network(model_config.get("mode", "crop"), num_classes, aux_classifiers=False,
+                         roi_layer=model_config.get("roi_layer", "4e"))
     model.load_state_dict(weights, strict=True)
     return model.eval()

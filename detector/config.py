@@ -34,6 +34,7 @@ class ModelConfig:
     dropout: float = 0.4  #: main head dropout (GoogLeNet paper)
     roi_short_side: int = 600  #: roi mode: images resized so the shorter side is this (pixels)
     roi_max_side: int = 1000  #: roi mode: ...unless the longer side would exceed this
+    roi_layer: str = "4e"  #: roi mode: pool from 4e (5a/5b per region) or 5b (whole trunk per image)
 
 
 @dataclass

@@ -95,57 +95,79 @@ class RegionClassifier(nn.Module):
 
 class SharedFeatureClassifier(RegionClassifier):
     """The same network run Fast R-CNN style (``model.mode: roi``): the trunk runs once per image
-    up to inception_4e (stride 16), each region is pooled from that map with RoIAlign to 14x14
-    (what a 224-pixel crop gives there), then max pool, inception 5a/5b and the heads run per
-    region. The auxiliary classifiers see RoIAlign-pooled 4a / 4d features in training.
-    Parameters and state-dict keys are those of RegionClassifier, so weights load either way.
+    and each region is pooled from a shared feature map with RoIAlign.
+
+    ``roi_layer="4e"``: pool inception_4e (stride 16) to 14x14 (what a 224-pixel crop gives
+    there), then max pool, inception 5a/5b and the heads run per region. ``roi_layer="5b"``: the
+    whole trunk runs per image and regions are pooled (4x4, averaged) from inception_5b
+    (stride 32), SPPnet-style, so a region costs almost nothing. In training the auxiliary
+    classifiers see RoIAlign-pooled 4a / 4d features. Parameters and state-dict keys are those of
+    RegionClassifier, so weights load either way.
 
     ``forward(images: list of [3, H, W], rois [R, 5] = (image index, x1, y1, x2, y2) in pixels
     of those images) -> RegionOutputs``.
     """
 
-    STRIDE = 16
-    POOLED = 14
+    LAYERS = {"4e": (16, 14), "5b": (32, 4)}  #: roi_layer -> (stride, RoIAlign output size)
 
-    def _pool(self, maps: list[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
-        """RoIAlign [R, C, 14, 14] from per-image feature maps [C, h, w] (images differ in size)."""
-        out = maps[0].new_empty((len(rois), maps[0].shape[0], self.POOLED, self.POOLED))
+    def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4, roi_layer: str = "4e") -> None:
+        super().__init__(num_classes, aux_classifiers, dropout)
+        if roi_layer not in self.LAYERS:
+            raise UserError(f"model.roi_layer {roi_layer!r}: expected one of {', '.join(self.LAYERS)}")
+        self.roi_layer = roi_layer
+
+    @staticmethod
+    def _pool(maps: list[torch.Tensor], rois: torch.Tensor, stride: int, size: int) -> torch.Tensor:
+        """RoIAlign [R, C, size, size] from per-image feature maps [C, h, w] (sizes differ)."""
+        out = maps[0].new_empty((len(rois), maps[0].shape[0], size, size))
         for index, fmap in enumerate(maps):
             mine = rois[:, 0] == index
             local = torch.cat([torch.zeros_like(rois[mine, :1]), rois[mine, 1:]], 1).to(fmap.dtype)
-            out[mine] = roi_align(fmap[None], local, self.POOLED, 1.0 / self.STRIDE, sampling_ratio=2, aligned=True)
+            out[mine] = roi_align(fmap[None], local, size, 1.0 / stride, sampling_ratio=2, aligned=True)
         return out
 
     def image_features(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """inception 4a, 4d and 4e maps [C, H/16, W/16] of one normalised image [3, H, W]."""
+        """inception 4a and 4d maps [C, H/16, W/16] and the roi layer's map (4e at stride 16, or
+        5b at stride 32) of one normalised image [3, H, W]."""
         t = self.trunk
         x = image[None].contiguous(memory_format=torch.channels_last)
         x = t.maxpool2(t.conv3(t.conv2(t.maxpool1(t.conv1(x)))))
         x4a = t.inception4a(t.maxpool3(t.inception3b(t.inception3a(x))))
         x4d = t.inception4d(t.inception4c(t.inception4b(x4a)))
-        return x4a[0], x4d[0], t.inception4e(x4d)[0]
+        shared = t.inception4e(x4d)
+        if self.roi_layer == "5b":
+            shared = t.inception5b(t.inception5a(t.maxpool4(shared)))
+        return x4a[0], x4d[0], shared[0]
 
-    def region_head(self, pooled_4e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features [R, 1024] from pooled 4e regions [R, 832, 14, 14]."""
+    def region_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Features [R, 1024] from pooled regions ([R, 832, 14, 14] of 4e, or [R, 1024, 4, 4] of 5b)."""
         t = self.trunk
-        x = t.inception5b(t.inception5a(t.maxpool4(pooled_4e)))
-        return t.dropout(torch.flatten(t.avgpool(x), 1))
+        if self.roi_layer == "4e":
+            pooled = t.inception5b(t.inception5a(t.maxpool4(pooled)))
+        return t.dropout(torch.flatten(t.avgpool(pooled), 1))
 
-    def pooled_outputs(self, maps_4e: list[torch.Tensor], rois: torch.Tensor) -> RegionOutputs:
-        """Class logits, deltas and features of RoIs [R, 5] on precomputed 4e maps (no aux)."""
-        features = self.region_head(self._pool(maps_4e, rois))
+    def pooled_outputs(self, shared_maps: list[torch.Tensor], rois: torch.Tensor) -> RegionOutputs:
+        """Class logits, deltas and features of RoIs [R, 5] on precomputed roi-layer maps (no aux)."""
+        features = self.region_head(self._pool(shared_maps, rois, *self.LAYERS[self.roi_layer]))
         return RegionOutputs(self.cls_score(features), self.bbox_pred(features), features)
 
     def forward(self, images: list[torch.Tensor], rois: torch.Tensor) -> RegionOutputs:
         maps = [self.image_features(image) for image in images]
         outputs = self.pooled_outputs([m[2] for m in maps], rois)
         if self.training and self.has_aux:
-            outputs.aux_logits = (self.trunk.aux1(self._pool([m[0] for m in maps], rois)),
-                                  self.trunk.aux2(self._pool([m[1] for m in maps], rois)))
+            outputs.aux_logits = (self.trunk.aux1(self._pool([m[0] for m in maps], rois, 16, 14)),
+                                  self.trunk.aux2(self._pool([m[1] for m in maps], rois, 16, 14)))
         return outputs
 
 
-MODEL_CLASSES = {"crop": RegionClassifier, "roi": SharedFeatureClassifier}
+def make_network(mode: str, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4,
+                 roi_layer: str = "4e") -> RegionClassifier:
+    """The region classifier for `mode`: crop (warped regions) or roi (shared image features)."""
+    if mode == "crop":
+        return RegionClassifier(num_classes, aux_classifiers, dropout)
+    if mode == "roi":
+        return SharedFeatureClassifier(num_classes, aux_classifiers, dropout, roi_layer)
+    raise UserError(f"model.mode {mode!r}: expected crop or roi")
 
 
 def imagenet_weights() -> dict[str, torch.Tensor]:
@@ -201,12 +223,10 @@ def load_imagenet_trunk(model: RegionClassifier, init: str) -> None:
 
 
 def build_model(num_classes: int, init: str = "random", aux_classifiers: bool = True, dropout: float = 0.4,
-                mode: str = "crop") -> RegionClassifier:
-    """A region classifier (`mode` crop: warped regions; roi: shared image features) for
-    `num_classes` foreground classes, initialised per `init`."""
-    if mode not in MODEL_CLASSES:
-        raise UserError(f"model.mode {mode!r}: expected one of {', '.join(MODEL_CLASSES)}")
-    model = MODEL_CLASSES[mode](num_classes, aux_classifiers, dropout)
+                mode: str = "crop", roi_layer: str = "4e") -> RegionClassifier:
+    """A region classifier (see make_network) for `num_classes` foreground classes, initialised
+    per `init`."""
+    model = make_network(mode, num_classes, aux_classifiers, dropout, roi_layer)
     if init != "random":
         load_imagenet_trunk(model, init)
     return model

@@ -91,13 +91,14 @@ class FineTunedScorer(RegionScorer):
 
     def score_image(self, image: torch.Tensor, boxes: torch.Tensor, precision: Precision, batch_size: int) -> RegionScores:
         """Shared-feature (roi) scoring of boxes [N, 4] on a normalised image [3, H, W]: one
-        trunk pass, then RoIAlign + inception 5 + heads in chunks of `batch_size` regions."""
+        trunk pass, then RoIAlign (+ inception 5 for roi_layer 4e) + heads in chunks of
+        `batch_size` regions."""
         resized, scale = resize_for_roi(image, *self.roi_sides)
         with precision.autocast():
-            maps_4e = [self.network.image_features(prepare_input(resized, precision))[2]]
+            shared = [self.network.image_features(prepare_input(resized, precision))[2]]
             parts = [
                 self._scores(self.network.pooled_outputs(
-                    maps_4e, prepare_input(roi_inputs(chunk, 0, self.input_size, self.context_pad, scale), precision)))
+                    shared, prepare_input(roi_inputs(chunk, 0, self.input_size, self.context_pad, scale), precision)))
                 for chunk in boxes.split(batch_size)
             ]
         return RegionScores(torch.cat([p.scores for p in parts]), torch.cat([p.deltas for p in parts]))

@@ -84,7 +84,8 @@ class Trainer:
             raise UserError("train.classifier svm works on warped regions: set model.mode=crop")
         self._check_run_dir(resume)
         init = "random" if resume else config.model.init
-        model = build_model(len(self.classes), init, config.model.aux_classifiers, config.model.dropout, config.model.mode)
+        m = config.model
+        model = build_model(len(self.classes), init, m.aux_classifiers, m.dropout, m.mode, m.roi_layer)
         self.model: RegionClassifier = prepare_model(model, self.precision)
         train = config.train
         self.optimizer = torch.optim.SGD(

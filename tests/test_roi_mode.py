@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from detector.checkpoint import load_checkpoint
@@ -22,6 +23,18 @@ def test_roi_model_shares_the_crop_models_weights():
     assert out.class_logits.shape == (2, 3) and out.box_deltas.shape == (2, 8) and len(out.aux_logits) == 2
 
 
+def test_roi_layer_5b_pools_after_the_whole_trunk():
+    model = build_model(2, mode="roi", roi_layer="5b").eval()
+    image = torch.randn(3, 128, 160)
+    shared = model.image_features(image)[2]
+    assert shared.shape == (1024, 4, 5)  # stride 32
+    rois = torch.tensor([[0, 0, 0, 160, 128.0], [0, 10, 10, 60, 90]])
+    with torch.no_grad():
+        out = model([image], rois)
+    assert out.features.shape == (2, 1024) and out.class_logits.shape == (2, 3)
+    assert model.state_dict().keys() == build_model(2).state_dict().keys()
+
+
 def test_roi_geometry():
     image = torch.zeros(3, 300, 400)
     resized, scale = resize_for_roi(image, short_side=600, max_side=700)
@@ -30,8 +43,9 @@ def test_roi_geometry():
     assert rois.tolist() == [[3.0, 42.0, 46.0, 154.0, 102.0]]  # context-dilated, then scaled
 
 
-def test_roi_mode_trains_and_detects(tiny_voc, tmp_path):
-    config = load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "model.mode=roi",
+@pytest.mark.parametrize("layer", ["4e", "5b"])
+def test_roi_mode_trains_and_detects(tiny_voc, tmp_path, layer):
+    config = load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "model.mode=roi", f"model.roi_layer={layer}",
                                   "model.roi_short_side=120", "model.roi_max_side=200", "train.iterations=2",
                                   "test.score_threshold=0.0"])
     state = load_checkpoint(train(config))
