@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "report": ("detector.commands.report", False, "rebuild an evaluation report, or compare two runs' per-class AP"),
     "train": ("detector.commands.train", True, "fine-tune the GoogLeNet region classifier (R-CNN)"),
     "detect": ("detector.commands.detect", True, "detect objects in images (same as the `detect` command)"),
+    "bench": ("detector.commands.bench", True, "measure speed and memory: proposals, classifier precisions, detection, training"),
     "run": ("detector.commands.run", True, "run a whole experiment: proposals, training, detection, evaluation, report"),
 }
 

@@ -1,0 +1,72 @@
+"""`rcnn bench`: the quick run on a tiny image yields every row, sane ratios and a JSON copy.
+
+Timings are never asserted: only the table's shape, the ratios' arithmetic and the files.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+
+from detector.benchmark import BenchReport, BenchSettings, Row, _compiled_row, add_ratios, synthetic_image
+from detector.cli import main
+
+TINY = ["--set", "model.input_size=32", "--set", "model.context_pad=2", "--set", "test.batch_size=2",
+        "--set", "proposals.max_boxes=8", "--set", "train.regions_per_batch=4", "--repeats", "1"]
+ROWS = [
+    ("proposals", "opencv-fast, rcnn preset"),
+    ("proposals", "opencv-fast, googlenet preset"),
+    ("classifier", "fp32 NCHW, batch 1"),
+    ("classifier", "fp32 channels_last, batch 2"),
+    ("classifier", "bf16 autocast channels_last, batch 2"),
+    *[("detect", f"{case}: {stage}")
+      for case in ("1 model, rcnn preset", "1 model, googlenet preset", "ensemble of 3, rcnn preset")
+      for stage in ("total", "proposals", "regions", "postprocess")],
+    ("training", "fp32, channels_last on cpu, minibatch 4"),
+    ("training", "bf16 autocast, channels_last on cpu, minibatch 4"),
+    ("memory", "peak RSS, detect one image (1 model)"),
+    ("memory", "peak RSS, fp32 training step, minibatch 4"),
+]
+
+
+def test_quick_bench_table_and_json(tmp_path, capsys):
+    image = tmp_path / "tiny.png"
+    Image.fromarray(synthetic_image(96, 72)).save(image)
+    json_path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--device", "cpu", "--image", str(image), "--json", str(json_path), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "native bf16:" in out and f"torch {torch.__version__}" in out and "threads" in out
+    table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| section")]
+    assert [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table] == ROWS
+
+    report = BenchReport.from_json(json_path.read_text())
+    assert [(row.section, row.name) for row in report.rows] == ROWS
+    assert report.settings["quick"] and report.settings["crop_size"] == 32 and report.images == [str(image)]
+    for row in report.rows:
+        assert row.value is not None and row.value > 0, row
+        assert row.ratio is not None and math.isfinite(row.ratio) and row.ratio > 0, row
+        if row.baseline:
+            assert row.ratio == 1.0
+    baselines = {(row.group or row.section) for row in report.rows if row.baseline}
+    assert baselines == {"proposals", "classifier", "training", "memory", "detect total", "detect proposals",
+                         "detect regions", "detect postprocess"}
+    fast = [row for row in report.rows if row.section == "classifier" and not row.baseline]
+    assert all(0 <= row.extra["top1_agreement"] <= 1 and row.extra["max_abs_diff"] >= 0 for row in fast)
+    assert BenchReport.from_json(report.to_json()) == report
+
+
+def test_ratios_are_relative_to_the_group_baseline():
+    rows = add_ratios([Row("s", "base", 2.0, "s", baseline=True), Row("s", "other", 3.0, "s"),
+                       Row("s", "skipped", None, "s"), Row("t", "g", 4.0, "s", baseline=True, group="g"),
+                       Row("t", "h", 1.0, "s", group="g")])
+    assert [row.ratio for row in rows] == [1.0, 1.5, None, 1.0, 0.25]
+
+
+def test_compile_failure_is_a_skipped_row(monkeypatch):
+    def broken(model):
+        raise RuntimeError("no C compiler\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    row = _compiled_row(torch.nn.Identity(), torch.zeros(2, 3, 8, 8), None, torch.zeros(2, 3), BenchSettings())
+    assert row.value is None and row.note == "skipped: RuntimeError: no C compiler"
