@@ -53,10 +53,19 @@ def check_classes(state: dict[str, Any], classes: list[str], where: str) -> None
         )
 
 
+AUX_PREFIXES = ("trunk.aux1.", "trunk.aux2.")
+
+
+def inference_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as an inference checkpoint keeps them: auxiliary classifiers dropped (unused at
+    inference), floating tensors stored as fp16 (half the file; loading casts them back)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in weights.items() if not k.startswith(AUX_PREFIXES)}
+
+
 def model_from_checkpoint(state: dict[str, Any], use_ema: bool = True) -> RegionClassifier:
     """An inference model (eval mode, auxiliary classifiers dropped) from a loaded checkpoint."""
     weights = state.get("ema") if use_ema and state.get("ema") is not None else state["model"]
-    weights = {k: v for k, v in weights.items() if not k.startswith(("trunk.aux1.", "trunk.aux2."))}
+    weights = {k: v for k, v in weights.items() if not k.startswith(AUX_PREFIXES)}
     num_classes = len(state["classes"])
     head = weights.get("cls_score.weight")
     if head is None or head.shape[0] != num_classes + 1:

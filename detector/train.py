@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from detector.checkpoint import check_classes, load_checkpoint, save_checkpoint
+from detector.checkpoint import check_classes, inference_weights, load_checkpoint, save_checkpoint
 from detector.config import Config, TrainConfig, save_config
 from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
 from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
@@ -236,8 +236,8 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> Path:
-        """Write the inference checkpoint (no optimiser state, plus SVMs when configured) and the
-        training curve."""
+        """Write the inference checkpoint (fp16 weights without the auxiliary heads or optimiser
+        state, plus SVMs when configured) and the training curve."""
         final = self.run_dir / "model_final.pt"
         if self.context.is_main:
             state = self.state(_rng_state())
@@ -245,6 +245,9 @@ class Trainer:
                 state.pop(key)
             if self.config.train.classifier == "svm":
                 state["svm"] = self._train_svms().state_dict()
+            state["model"] = inference_weights(state["model"])
+            if state["ema"] is not None:
+                state["ema"] = inference_weights(state["ema"])
             save_checkpoint(final, state)
             plot_training_curve(self.run_dir / "train_log.csv", self.run_dir / "train_curve.png")
         return final
