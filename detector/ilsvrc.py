@@ -20,12 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from detector.config import Config
-from detector.distributed import DistContext, init_distributed, shutdown
-from detector.minibatches import TrainBatches
-from detector.train import Trainer
 from eval.atomic import write_text
 from eval.datasets import Dataset, ImageRecord, load_dataset
 from eval.errors import UserError
@@ -143,29 +139,6 @@ def ground_truth_only(config: Config) -> list[ImageRecord]:
 
 def _with_boxes(record: ImageRecord, boxes: list[int]) -> ImageRecord:
     return replace(record, boxes=record.boxes[boxes], labels=record.labels[boxes], ignore=record.ignore[boxes])
-
-
-class GroundTruthTrainer(Trainer):
-    """A Trainer whose minibatches also draw the ground-truth-only images of `train.extra_split`."""
-
-    def __init__(self, config: Config, context: DistContext, resume: bool = False) -> None:
-        self.extra_records = ground_truth_only(config)
-        super().__init__(config, context, resume)
-
-    def _batches(self) -> TrainBatches:
-        batches = super()._batches()
-        batches.add_ground_truth_only(self.extra_records)
-        return batches
-
-
-def train_with_extra_positives(config: Config, resume: bool = False) -> Path:
-    """:func:`detector.train.train` with the extra ground-truth positives (DDP under torchrun)."""
-    context = init_distributed()
-    torch.manual_seed(config.seed)
-    try:
-        return GroundTruthTrainer(config, context, resume).run()
-    finally:
-        shutdown(context)
 
 
 # --------------------------------------------------------------------------- command line

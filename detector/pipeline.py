@@ -162,10 +162,6 @@ class Model:
 
 def train_model(config: Config, resume: bool) -> Path:
     """Fine-tune per `config` (with the ILSVRC extra positives when train.extra_split is set)."""
-    if config.train.extra_split:
-        from detector.ilsvrc import train_with_extra_positives
-
-        return train_with_extra_positives(config, resume)
     from detector.train import train
 
     return train(config, resume)

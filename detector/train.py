@@ -169,10 +169,15 @@ class Trainer:
             config.model.input_size, config.model.context_pad,
             config.model.mode, config.model.roi_short_side, config.model.roi_max_side,
         )
-        return TrainBatches(
+        batches = TrainBatches(
             self.dataset, _ProposalSource(config.proposals, default_cache_dir(config)), settings,
             train.iterations, config.seed, self.context.rank,
         )
+        if train.extra_split:  # R-CNN on ILSVRC: extra positives from DET train's ground truth
+            from detector.ilsvrc import ground_truth_only
+
+            batches.add_ground_truth_only(ground_truth_only(config))
+        return batches
 
     def _loader(self) -> DataLoader:
         workers = self.config.train.workers

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from detector.config import Config, apply_overrides, load_config
+from detector.config import Config, apply_overrides
 from eval.atomic import atomic_path, write_text
 from eval.errors import UserError
 from eval.images import IMAGE_SUFFIXES, list_images, load_image

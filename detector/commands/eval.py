@@ -23,7 +23,6 @@ from tqdm import tqdm
 from detector.config import Config, save_config
 from eval.datasets import Dataset, load_dataset
 from eval.detections import Detections, load_detections, save_detections, validate_detections
-from eval.errors import UserError
 from eval.metrics import METRICS, make_evaluator, resolve_metric
 from eval.report import write_report
 
