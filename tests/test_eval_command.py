@@ -54,7 +54,7 @@ def test_eval_scores_a_detections_file_and_writes_the_report(tiny, tmp_path, cap
     assert main(["report", str(tmp_path / "run")]) == 0 and (out / "report.md").is_file()
 
 
-def test_eval_rejects_bad_detection_files_in_one_line(tiny, tmp_path, capsys):
+def test_eval_rejects_bad_detection_files_in_one_line(tiny, tmp_path, capsys, monkeypatch):
     args, dataset = tiny
     save_detections(tmp_path / "train.npz", {}, dataset.classes, "other/train")
     assert main(["eval", *args, "--detections", str(tmp_path / "train.npz")]) == 2
@@ -65,8 +65,9 @@ def test_eval_rejects_bad_detection_files_in_one_line(tiny, tmp_path, capsys):
     assert main(["eval", *args, "--detections", str(tmp_path / "nan.npz")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nan.npz: " in err and "non-finite boxes or scores" in err
+    monkeypatch.setenv("RCNN_WEIGHTS", str(tmp_path / "missing.pt"))  # no file: the model cannot run
     assert main(["eval", *args]) == 2
-    assert "give --detections FILE" in capsys.readouterr().err
+    assert "missing.pt: checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 
