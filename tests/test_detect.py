@@ -146,3 +146,9 @@ def test_rcnn_eval_runs_the_model_sharded_then_merged(tiny_voc, tmp_path, weight
     assert (tmp_path / "run" / "detections_test.npz").is_file()
     with pytest.raises(SystemExit):
         main(["eval", *base, "--shard", "2/2", "--metric", "nonsense"])
+
+
+def test_detector_is_importable_from_the_package():
+    from detector import Detector as exported
+
+    assert exported is Detector
