@@ -20,7 +20,7 @@ from detector.postprocess import detect_from_scores
 from detector.precision import Precision, flush_denormals, resolve_precision
 from detector.regions import normalize_image, warp_regions
 from detector.scorers import FineTunedScorer, ImageNetScorer, RegionScorer
-from eval.boxes import clip_boxes, decode_deltas
+from eval.boxes import clip_boxes, decode_deltas, hflip_boxes
 from eval.detections import ImageDetections
 from eval.errors import UserError
 from eval.images import load_image
@@ -53,11 +53,6 @@ def resolve_weights(weights: list[str]) -> list[str]:
     if os.environ.get("RCNN_WEIGHTS"):
         return os.environ["RCNN_WEIGHTS"].split(os.pathsep)
     return [str(DEFAULT_CHECKPOINT)] if DEFAULT_CHECKPOINT.is_file() else []
-
-
-def _flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
-    """Boxes [N, 4] of an image mirrored horizontally."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 class Detector:
@@ -120,7 +115,7 @@ class Detector:
         width = normalized.shape[2]
         for k, (scorer, flip) in enumerate(members):
             if scorer.shares_features:
-                image, member_boxes = (normalized.flip(-1), _flip_boxes(boxes, width)) if flip else (normalized, boxes)
+                image, member_boxes = (normalized.flip(-1), hflip_boxes(boxes, width)) if flip else (normalized, boxes)
                 out = scorer.score_image(image, member_boxes, self.precision, self.test_config.batch_size)
                 scores[k], deltas[k] = out.scores, out.deltas
 

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from detector.regions import normalize_image, resize_for_roi, roi_inputs, warp_regions
 from detector.sampling import sample_regions
+from eval.boxes import hflip_boxes
 from eval.datasets import Dataset, ImageRecord
 from eval.errors import UserError
 from eval.images import load_image
@@ -57,12 +58,6 @@ class RegionBatch:
     @property
     def num_fg(self) -> int:
         return int((self.labels > 0).sum())
-
-
-def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
-    flipped = boxes.copy()
-    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
-    return flipped
 
 
 class TrainBatches(TorchDataset):
@@ -106,7 +101,7 @@ class TrainBatches(TorchDataset):
         if flip:
             width = image.shape[1]
             image = image[:, ::-1].copy()
-            proposals, gt_boxes = _flip_boxes(proposals, width), _flip_boxes(gt_boxes, width)
+            proposals, gt_boxes = hflip_boxes(proposals, width), hflip_boxes(gt_boxes, width)
         targets = sample_regions(
             torch.from_numpy(proposals), torch.from_numpy(gt_boxes), torch.from_numpy(gt_labels),
             num_regions, rng, s.fg_fraction, s.fg_iou, s.bg_iou, s.bbox_iou,

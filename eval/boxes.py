@@ -38,6 +38,12 @@ def remove_small_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
     return ops.remove_small_boxes(boxes, min_size)
 
 
+def hflip_boxes(boxes, width: float):
+    """Boxes [N, 4] (numpy array or tensor) of the image mirrored horizontally (width in px)."""
+    stack = torch.stack if isinstance(boxes, torch.Tensor) else np.stack
+    return stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+
 def voc_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """1-based inclusive pixel boxes (VOC/ILSVRC XML) [N, 4] -> continuous xyxy float32."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

@@ -48,3 +48,12 @@ def test_decode_class_specific_columns_and_clamp():
 def test_clip():
     boxes = torch.tensor([[-5.0, -5.0, 50.0, 8.0]])
     assert clip_boxes(boxes, height=10, width=20).tolist() == [[0, 0, 20, 8]]
+
+
+def test_hflip_numpy_and_torch_agree():
+    from eval.boxes import hflip_boxes
+
+    boxes = np.array([[10.0, 2.0, 30.0, 8.0]], np.float32)
+    assert hflip_boxes(boxes, 100).tolist() == [[70.0, 2.0, 90.0, 8.0]]
+    assert hflip_boxes(torch.from_numpy(boxes), 100).tolist() == [[70.0, 2.0, 90.0, 8.0]]
+    assert hflip_boxes(boxes, 100).dtype == np.float32
