@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from detector.config import Config, load_config, save_config
-from eval.atomic import write_text
+from eval.atomic import check_writable, write_text
 from eval.datasets import Dataset, load_dataset
 from eval.detections import Detections, save_detections
 from eval.errors import UserError
@@ -135,13 +135,7 @@ class RunFolder:
 
 def check_run_folder(root: Path, min_free: int = MIN_FREE_BYTES) -> None:
     """Raise UserError unless `root` can be created, written and has `min_free` bytes free."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{root}: run folder is not writable ({exc.strerror})") from None
+    check_writable(root, "run folder")
     free = shutil.disk_usage(root).free
     if free < min_free:
         raise UserError(f"{root}: only {free / 2**20:.0f} MiB free, need at least {min_free / 2**20:.0f} MiB")

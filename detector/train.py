@@ -30,7 +30,7 @@ from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
 from detector.model import RegionClassifier, RegionOutputs, build_model
 from detector.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
 from detector.svm import SvmHead, collect_features, train_svm_head
-from eval.atomic import atomic_path, write_text
+from eval.atomic import atomic_path, check_writable, write_text
 from eval.datasets import load_dataset
 from eval.errors import UserError
 from proposals.cache import cached_proposals, default_cache_dir
@@ -115,13 +115,7 @@ class Trainer:
                 f"{self.run_dir} already holds a training checkpoint; pass --resume to continue it "
                 "or choose another output_dir (--set output_dir=...)"
             )
-        try:
-            self.last_path.parent.mkdir(parents=True, exist_ok=True)
-            probe = self.last_path.parent / ".write_test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise UserError(f"{self.run_dir}: run directory is not writable ({exc.strerror})") from None
+        check_writable(self.last_path.parent, "run directory")
 
     def _restore(self, state: dict) -> None:
         check_classes(state, self.classes, str(self.last_path))

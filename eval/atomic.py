@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from eval.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -25,6 +27,18 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> None:
+    """Create `folder` if needed and check a file can be written in it (a unique temporary file,
+    so concurrent processes never trip over each other); UserError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"{folder}: {what} is not writable ({exc.strerror})") from None
 
 
 def write_text(target: str | Path, text: str) -> None:

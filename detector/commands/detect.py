@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from detector.config import Config, apply_overrides
-from eval.atomic import atomic_path, write_text
+from eval.atomic import atomic_path, check_writable, write_text
 from eval.errors import UserError
 from eval.images import IMAGE_SUFFIXES, list_images, load_image
 
@@ -63,15 +63,6 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / ".write_test"):
-            pass
-    except OSError as exc:
-        raise UserError(f"{folder}: output folder is not writable ({exc.strerror})") from None
-
-
 def format_table(path: Path, result) -> str:
     lines = [f"{path}: {len(result.boxes)} detection(s)"]
     for name, score, box in zip(result.names, result.scores, result.boxes):
@@ -109,7 +100,7 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     paths = collect_images(args.inputs)
     out = Path(args.out) if args.out else None
     if out is not None:
-        _check_writable(out)
+        check_writable(out)
     target = {"det200": "ilsvrc_det200", "voc": "voc20"}[args.classes]
     detector = Detector.from_weights(args.weights, config, imagenet_target=target)
     coco_results, failures = [], 0
