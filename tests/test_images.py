@@ -84,3 +84,17 @@ def test_digest_follows_content_not_name(tmp_path):
     (tmp_path / "c.txt").write_bytes(b"other")
     assert file_digest(tmp_path / "a.png") == file_digest(tmp_path / "b.png") != file_digest(tmp_path / "c.txt")
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.png"]
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+
+    from eval.atomic import write_text
+
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "out.txt", "hello")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out.txt").read_text() == "hello"
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
