@@ -25,7 +25,6 @@ from proposals.config import ProposalConfig
 class ModelConfig:
     """The GoogLeNet region classifier."""
 
-    arch: str = "googlenet"
     init: str = "imagenet"  #: imagenet | random | path to a .pth of torchvision GoogLeNet weights
     mode: str = "crop"  #: crop (R-CNN warped regions) | roi (shared trunk features, RoIAlign on 4e)
     input_size: int = 224  #: warped region side (pixels)

@@ -55,10 +55,6 @@ class RegionBatch:
     box_targets: torch.Tensor
     box_mask: torch.Tensor
 
-    @property
-    def num_fg(self) -> int:
-        return int((self.labels > 0).sum())
-
 
 class TrainBatches(TorchDataset):
     """Item ``i`` = the RegionBatch of iteration ``i`` (use with DataLoader(batch_size=None))."""
