@@ -256,13 +256,18 @@ def test_single_class_outputs_dtypes_and_shapes(fusion):
     assert out_labels.tolist() == [0]
 
 
+def random_inputs(seed: int, k: int, n: int, c: int, sharpness: float):
+    """Random softmax scores [K, N, C+1] and valid boxes [K, N, C, 4] inside a 125x125 area."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.softmax(torch.randn(k, n, c + 1, generator=gen) * sharpness, dim=-1)
+    xy = torch.rand(k, n, c, 2, generator=gen) * 80
+    return scores, torch.cat([xy, xy + 5 + torch.rand(k, n, c, 2, generator=gen) * 40], dim=-1)
+
+
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_outputs_sorted_by_descending_score(fusion):
-    gen = torch.Generator().manual_seed(1)
     k, n, c = 2, 300, 5
-    scores = torch.softmax(torch.randn(k, n, c + 1, generator=gen) * 2, dim=-1)
-    xy = torch.rand(k, n, c, 2, generator=gen) * 80
-    boxes = torch.cat([xy, xy + 5 + torch.rand(k, n, c, 2, generator=gen) * 40], dim=-1)
+    scores, boxes = random_inputs(seed=1, k=k, n=n, c=c, sharpness=2)
     out = detect_from_scores(scores, boxes, SIZE, fusion=fusion, max_detections=50)
     out_boxes, out_scores, out_labels = out
     assert len(out_scores) == 50
@@ -287,11 +292,7 @@ def test_mismatched_shapes_state_the_expected_shapes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_cuda_inputs_give_cuda_outputs_equal_to_cpu(fusion):
-    gen = torch.Generator().manual_seed(2)
-    k, n, c = 2, 500, 20
-    scores = torch.softmax(torch.randn(k, n, c + 1, generator=gen) * 3, dim=-1)
-    xy = torch.rand(k, n, c, 2, generator=gen) * 80
-    boxes = torch.cat([xy, xy + 5 + torch.rand(k, n, c, 2, generator=gen) * 40], dim=-1)
+    scores, boxes = random_inputs(seed=2, k=2, n=500, c=20, sharpness=3)
     cpu = detect_from_scores(scores, boxes, SIZE, fusion=fusion)
     gpu = detect_from_scores(scores.cuda(), boxes.cuda(), SIZE, fusion=fusion)
     assert all(t.device.type == "cuda" for t in gpu)
