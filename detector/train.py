@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from detector.model import RegionClassifier, RegionOutputs, build_model
 from detector.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
 from detector.svm import SvmHead, collect_features, train_svm_head
 from eval.atomic import atomic_path, check_writable, write_text
-from eval.datasets import load_dataset
+from eval.datasets import Dataset, load_dataset
 from eval.errors import UserError
 from proposals.cache import cached_proposals, default_cache_dir
 
@@ -252,6 +253,12 @@ class Trainer:
         return final
 
 
+    @functools.cached_property
+    def val_subset(self) -> Dataset:
+        """The first `train.val_images` images of the test split (read once)."""
+        dataset = load_dataset(self.config.data, self.config.data.test_split)
+        return dataclasses.replace(dataset, records=dataset.records[: self.config.train.val_images or None])
+
     def _validate(self) -> float:
         """mAP of the current weights (EMA if used) on the first `val_images` test images, logged
         to val_log.csv; the global RNG is left as it was so training is unaffected."""
@@ -259,18 +266,15 @@ class Trainer:
         from detector.scorers import FineTunedScorer
         from eval.metrics import make_evaluator, resolve_metric
 
-        config = self.config
-        if not hasattr(self, "val_dataset"):
-            self.val_dataset = load_dataset(config.data, config.data.test_split)
-        records = self.val_dataset.records[: config.train.val_images or None]
+        config, subset = self.config, self.val_subset
         network = copy.deepcopy(self.ema.module if self.ema is not None else self.model).eval()
-        scorer = FineTunedScorer(network, self.classes, self.dataset.display_names,
-                                 config.model.input_size, config.model.context_pad, "validation")
+        m = config.model
+        scorer = FineTunedScorer(network, self.classes, self.dataset.display_names, m.input_size, m.context_pad,
+                                 "validation", roi_sides=(m.roi_short_side, m.roi_max_side))
         detector = Detector([scorer], config.proposals, config.test, self.precision)
-        subset = dataclasses.replace(self.val_dataset, records=records)
         evaluator = make_evaluator(resolve_metric(config.eval.metric, config.data.format), subset)
         rng = torch.get_rng_state()
-        for record in tqdm(records, desc="validate", leave=False, dynamic_ncols=True):
+        for record in tqdm(subset.records, desc="validate", leave=False, dynamic_ncols=True):
             proposals = self.batches.proposal_fn(record.path)
             evaluator.process(record.image_id, detector.detect(record.path, proposals).as_image_detections())
         torch.set_rng_state(rng)
@@ -280,7 +284,7 @@ class Trainer:
             write_text(log_path, "iteration,mAP\n")
         with log_path.open("a") as handle:
             handle.write(f"{self.iteration},{mean_ap:.6f}\n")
-        log.info("iteration %d: validation mAP %.4f on %d images", self.iteration, mean_ap, len(records))
+        log.info("iteration %d: validation mAP %.4f on %d images", self.iteration, mean_ap, len(subset.records))
         return mean_ap
 
     def _train_svms(self) -> SvmHead:
