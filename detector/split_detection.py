@@ -33,7 +33,8 @@ def detection_key(detector: Detector, weights: list[str]) -> str:
     digest = hashlib.sha1()
     for path in weights:
         digest.update(file_digest(path, length=40).encode())
-    digest.update(",".join(s.name for s in detector.scorers if not weights).encode())
+    if not weights:  # the ImageNet default model: its name tells the class map
+        digest.update(",".join(s.name for s in detector.scorers).encode())
     settings = {"proposals": dataclasses.asdict(detector.proposal_config), "test": dataclasses.asdict(detector.test_config)}
     settings["test"].pop("weights", None)
     settings["test"].pop("batch_size", None)  # batching does not change results
