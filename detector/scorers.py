@@ -95,7 +95,7 @@ class FineTunedScorer(RegionScorer):
         `batch_size` regions."""
         resized, scale = resize_for_roi(image, *self.roi_sides)
         with precision.autocast():
-            shared = [self.network.image_features(prepare_input(resized, precision))[2]]
+            shared = self.network.image_features([prepare_input(resized, precision)])[2]
             parts = [
                 self._scores(self.network.pooled_outputs(
                     shared, prepare_input(roi_inputs(chunk, 0, self.input_size, self.context_pad, scale), precision)))

@@ -26,8 +26,8 @@ def test_roi_model_shares_the_crop_models_weights():
 def test_roi_layer_5b_pools_after_the_whole_trunk():
     model = build_model(2, mode="roi", roi_layer="5b").eval()
     image = torch.randn(3, 128, 160)
-    shared = model.image_features(image)[2]
-    assert shared.shape == (1024, 4, 5)  # stride 32
+    shared = model.image_features([image])[2]
+    assert shared.shape == (1, 1024, 4, 5)  # stride 32
     rois = torch.tensor([[0, 0, 0, 160, 128.0], [0, 10, 10, 60, 90]])
     with torch.no_grad():
         out = model([image], rois)
