@@ -80,6 +80,7 @@ class TestConfig:
     """Inference and post-processing."""
 
     batch_size: int = 64  #: regions per forward pass
+    max_proposals: int = 0  #: score at most this many proposals per image, best-ranked first (0 = all)
     nms_iou: float = 0.3  #: per-class greedy NMS threshold (R-CNN)
     score_threshold: float = 0.05
     max_detections: int = 100  #: per image

@@ -67,6 +67,8 @@ class Detector:
             if other.classes != first.classes:
                 raise UserError(f"ensemble members disagree on classes: {first.name} has {len(first.classes)}, "
                                 f"{other.name} has {len(other.classes)} (or another order)")
+        if test_config.max_proposals < 0:
+            raise UserError(f"test.max_proposals = {test_config.max_proposals}: expected 0 (all) or more")
         flush_denormals()
         self.precision = precision or resolve_precision(test_config.precision)
         self.scorers = [s.to(self.precision) for s in scorers]
@@ -147,6 +149,8 @@ class Detector:
             image = load_image(image)
         if proposals is None:
             proposals = propose_with_config(image, self.proposal_config)
+        if self.test_config.max_proposals > 0:  # proposals come ranked, best first
+            proposals = proposals[: self.test_config.max_proposals]
         timing["proposals_s"] = time.perf_counter() - start
         start = time.perf_counter()
         scores, boxes = self.score(image, proposals)

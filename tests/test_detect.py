@@ -53,6 +53,18 @@ def test_zero_proposals_give_no_detections(tiny_voc, weights):
     assert result.boxes.shape == (0, 4) and result.names == []
 
 
+def test_max_proposals_scores_the_best_ranked_first(tiny_voc, weights, monkeypatch):
+    detector = Detector.from_weights([str(weights)], _config(tiny_voc, "test.max_proposals=2"))
+    scored = []
+    score = detector.score
+    monkeypatch.setattr(detector, "score", lambda image, proposals: scored.append(proposals) or score(image, proposals))
+    proposals = np.array([[10, 10, 60, 60], [50, 20, 120, 100], [0, 0, 30, 30]], np.float32)
+    detector.detect(tiny_voc / "JPEGImages" / "test_0000.jpg", proposals=proposals)
+    np.testing.assert_array_equal(scored[0], proposals[:2])
+    with pytest.raises(UserError, match="test.max_proposals"):
+        Detector.from_weights([str(weights)], _config(tiny_voc, "test.max_proposals=-1"))
+
+
 def test_ensemble_scores_are_the_member_average(tiny_voc, tmp_path, weights):
     other = _checkpoint(tmp_path / "other.pt", seed=1)
     config = _config(tiny_voc)
