@@ -12,7 +12,8 @@ Sections and their baselines:
 
 - ``proposals``: seconds per image per backend / preset; baseline opencv-fast, rcnn preset.
 - ``classifier``: ms per warped crop; baseline fp32 NCHW batch 1.
-- ``detect``: seconds per image per stage, one model (baseline), googlenet preset, ensemble of 3.
+- ``detect``: seconds per image per stage, one model on warped crops (baseline), googlenet
+  preset, ensemble of 3, and the shared-feature (roi) mode pooling inception_4e or 5b.
 - ``training``: regions/s of an SGD step (aux heads on); baseline fp32.
 - ``memory``: peak RSS of the process (MiB) while detecting one image (baseline) or training a step.
 """
@@ -37,7 +38,7 @@ from torch import nn
 from detector.config import Config, TrainConfig
 from detector.inference import Detector
 from detector.minibatches import RegionBatch
-from detector.model import RegionClassifier, build_model
+from detector.model import RegionClassifier, SharedFeatureClassifier, build_model
 from detector.precision import (Precision, cpu_has_fast_bf16, flush_denormals, prepare_input, prepare_model,
                                 resolve_precision)
 from detector.regions import normalize_image, warp_regions
@@ -50,6 +51,8 @@ from proposals.config import ProposalConfig, effective_max_boxes
 NUM_CLASSES = 200  #: ILSVRC DET: the width of the class head of every benchmarked model
 ENSEMBLE_SIZE = 3
 ENSEMBLE_TARGET = 3.2  #: issue 5: an ensemble of 3 costs at most 3.2x one model per image
+#: issue 8: shared-feature mode, seconds per ~500x375 image with 2000 proposals (regions, total)
+ROI_TARGETS = (1.0, 2.5)
 #: backend, preset and whether --quick skips it
 PROPOSAL_CASES = (("opencv-fast", "rcnn", False), ("opencv-fast", "googlenet", False),
                   ("opencv-quality", "rcnn", True), ("selectivesearch", "rcnn", True))
@@ -338,6 +341,18 @@ def random_scorers(model: RegionClassifier, count: int, settings: BenchSettings)
                             f"random {index}") for index in range(count)]
 
 
+def shared_feature_scorer(model: RegionClassifier, roi_layer: str, roi_sides: tuple[int, int],
+                          settings: BenchSettings) -> FineTunedScorer:
+    """`model`'s weights run in the shared-feature (roi) mode, pooling at `roi_layer`, on images
+    resized to `roi_sides` (shorter side, cap on the longer)."""
+    network = inference_copy(model)
+    shared = SharedFeatureClassifier(model.num_classes, aux_classifiers=False, roi_layer=roi_layer)
+    shared.load_state_dict(network.state_dict())
+    classes = [f"class{i}" for i in range(NUM_CLASSES)]
+    return FineTunedScorer(shared, classes, classes, settings.crop_size, settings.context_pad,
+                           f"roi {roi_layer}, {roi_sides[0]} px", roi_sides=roi_sides)
+
+
 def _detect_timing(detector: Detector, images: list[np.ndarray], settings: BenchSettings) -> dict[str, float]:
     """Median seconds per image of each stage (and in total) over repeats; each repeat is the
     mean over `images`. Warm-up: detections of one batch of given proposals."""
@@ -366,22 +381,26 @@ def _proposal_config(config: Config, settings: BenchSettings) -> ProposalConfig:
     return dataclasses.replace(config.proposals, max_boxes=settings.max_proposals)
 
 
-def bench_detect(images: list[np.ndarray], scorers: list[FineTunedScorer], config: Config,
-                 settings: BenchSettings) -> list[Row]:
-    """End-to-end detection seconds per image with the stage split: one model (the baseline), one
-    model with the googlenet proposal preset, and an ensemble of all `scorers`."""
+def bench_detect(images: list[np.ndarray], scorers: list[FineTunedScorer], shared: list[FineTunedScorer],
+                 config: Config, settings: BenchSettings) -> list[Row]:
+    """End-to-end detection seconds per image with the stage split: one model on warped crops
+    (the baseline, R-CNN), one with the googlenet proposal preset, an ensemble of all `scorers`,
+    and each `shared`-feature (roi mode) scorer."""
     proposals = _proposal_config(config, settings)
     precision = resolve_precision(config.test.precision, torch.device(settings.device))
-    cases = [("1 model, rcnn preset", scorers[:1], proposals),
-             ("1 model, googlenet preset", scorers[:1], dataclasses.replace(proposals, preset="googlenet")),
-             (f"ensemble of {len(scorers)}, rcnn preset", scorers, proposals)]
+    test = dataclasses.replace(config.test, max_proposals=0)
+    cases = [("1 model, rcnn preset", scorers[:1], proposals, ""),
+             ("1 model, googlenet preset", scorers[:1], dataclasses.replace(proposals, preset="googlenet"), ""),
+             (f"ensemble of {len(scorers)}, rcnn preset", scorers, proposals,
+              f"target <= {ENSEMBLE_TARGET}x one model")]
+    cases += [(f"{scorer.name}, rcnn preset", [scorer], proposals,
+               f"targets: regions <= {ROI_TARGETS[0]} s, total <= {ROI_TARGETS[1]} s") for scorer in shared]
     rows = []
-    for index, (label, members, proposal_config) in enumerate(cases):
-        detector = Detector(members, proposal_config, config.test, precision)
-        note = (f"<= {effective_max_boxes(proposal_config)} proposals, {precision.description}, "
-                f"fusion {config.test.fusion}")
+    for index, (label, members, proposal_config, target) in enumerate(cases):
+        detector = Detector(members, proposal_config, test, precision)
+        note = "; ".join(part for part in (f"<= {effective_max_boxes(proposal_config)} proposals, "
+                                           f"{precision.description}, fusion {test.fusion}", target) if part)
         rows += _detect_rows(label, _detect_timing(detector, images, settings), note, baseline=index == 0)
-    rows[-4].note += f"; target <= {ENSEMBLE_TARGET}x one model"
     return rows
 
 
@@ -477,7 +496,9 @@ def run_benchmark(images: dict[str, np.ndarray], config: Config, settings: Bench
     log("region classifier")
     rows += bench_classifier(inference_copy(model), crops, settings)
     log("end-to-end detection")
-    rows += bench_detect(pictures, scorers, config, settings)
+    sides = (config.model.roi_short_side, config.model.roi_max_side)
+    shared = [shared_feature_scorer(model, layer, sides, settings) for layer in SharedFeatureClassifier.LAYERS]
+    rows += bench_detect(pictures, scorers, shared, config, settings)
     log("training")
     rows += bench_training(model, train_crops, config.train, settings) + memory
     return BenchReport(environment(torch.device(settings.device)), dataclasses.asdict(settings), list(images),

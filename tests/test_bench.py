@@ -13,7 +13,8 @@ from detector.benchmark import BenchReport, BenchSettings, Row, _compiled_row, a
 from detector.cli import main
 
 TINY = ["--set", "model.input_size=32", "--set", "model.context_pad=2", "--set", "test.batch_size=2",
-        "--set", "proposals.max_boxes=8", "--set", "train.regions_per_batch=4", "--repeats", "1"]
+        "--set", "proposals.max_boxes=8", "--set", "train.regions_per_batch=4", "--set", "model.roi_short_side=64",
+        "--set", "model.roi_max_side=96", "--repeats", "1"]
 ROWS = [
     ("proposals", "opencv-fast, rcnn preset"),
     ("proposals", "opencv-fast, googlenet preset"),
@@ -21,7 +22,8 @@ ROWS = [
     ("classifier", "fp32 channels_last, batch 2"),
     ("classifier", "bf16 autocast channels_last, batch 2"),
     *[("detect", f"{case}: {stage}")
-      for case in ("1 model, rcnn preset", "1 model, googlenet preset", "ensemble of 3, rcnn preset")
+      for case in ("1 model, rcnn preset", "1 model, googlenet preset", "ensemble of 3, rcnn preset",
+                   "roi 4e, 64 px, rcnn preset", "roi 5b, 64 px, rcnn preset")
       for stage in ("total", "proposals", "regions", "postprocess")],
     ("training", "fp32, channels_last on cpu, minibatch 4"),
     ("training", "bf16 autocast, channels_last on cpu, minibatch 4"),
