@@ -19,9 +19,8 @@ import torch
 from torch.ao.quantization import get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-from detector.benchmark import agreement, benchmark_model, inference_copy, median_seconds, synthetic_image
+from detector.benchmark import agreement, benchmark_model, crops_from, inference_copy, median_seconds, synthetic_image
 from detector.precision import flush_denormals
-from detector.regions import normalize_image, warp_regions
 from proposals import propose_with_config
 from proposals.config import ProposalConfig
 
@@ -40,8 +39,7 @@ class Logits(torch.nn.Module):
 def warped_regions(count: int, seed: int) -> torch.Tensor:
     """`count` R-CNN warps [count, 3, 224, 224] of selective-search boxes on a synthetic image."""
     image = synthetic_image(seed=seed)
-    boxes = torch.as_tensor(propose_with_config(image, ProposalConfig(max_boxes=count)))
-    return warp_regions(normalize_image(image), boxes[:count], 224, 16)
+    return crops_from(image, propose_with_config(image, ProposalConfig(max_boxes=count)), count, 224, 16)
 
 
 def main() -> None:

@@ -49,6 +49,7 @@ from proposals import propose_with_config
 from proposals.config import ProposalConfig, effective_max_boxes
 
 NUM_CLASSES = 200  #: ILSVRC DET: the width of the class head of every benchmarked model
+CLASS_NAMES = [f"class{i}" for i in range(NUM_CLASSES)]  #: stand-in class list of the benchmarked models
 ENSEMBLE_SIZE = 3
 ENSEMBLE_TARGET = 3.2  #: issue 5: an ensemble of 3 costs at most 3.2x one model per image
 #: issue 8: shared-feature mode, seconds per ~500x375 image with 2000 proposals (regions, total)
@@ -336,8 +337,7 @@ def bench_classifier(model: RegionClassifier, crops: torch.Tensor, settings: Ben
 def random_scorers(model: RegionClassifier, count: int, settings: BenchSettings) -> list[FineTunedScorer]:
     """`count` ensemble members, each an inference copy of `model` (speed does not depend on
     the weights, so the members may be equal)."""
-    classes = [f"class{i}" for i in range(NUM_CLASSES)]
-    return [FineTunedScorer(inference_copy(model), classes, classes, settings.crop_size, settings.context_pad,
+    return [FineTunedScorer(inference_copy(model), CLASS_NAMES, CLASS_NAMES, settings.crop_size, settings.context_pad,
                             f"random {index}") for index in range(count)]
 
 
@@ -348,8 +348,7 @@ def shared_feature_scorer(model: RegionClassifier, roi_layer: str, roi_sides: tu
     network = inference_copy(model)
     shared = SharedFeatureClassifier(model.num_classes, aux_classifiers=False, roi_layer=roi_layer)
     shared.load_state_dict(network.state_dict())
-    classes = [f"class{i}" for i in range(NUM_CLASSES)]
-    return FineTunedScorer(shared, classes, classes, settings.crop_size, settings.context_pad,
+    return FineTunedScorer(shared, CLASS_NAMES, CLASS_NAMES, settings.crop_size, settings.context_pad,
                            f"roi {roi_layer}, {roi_sides[0]} px", roi_sides=roi_sides)
 
 
