@@ -38,7 +38,7 @@ from torch import nn
 from detector.config import Config, TrainConfig
 from detector.inference import Detector
 from detector.minibatches import RegionBatch
-from detector.model import RegionClassifier, SharedFeatureClassifier, build_model
+from detector.model import RegionClassifier, SharedFeatureClassifier, build_model, make_network
 from detector.precision import (Precision, cpu_has_fast_bf16, flush_denormals, prepare_input, prepare_model,
                                 resolve_precision)
 from detector.regions import normalize_image, warp_regions
@@ -344,10 +344,11 @@ def random_scorers(model: RegionClassifier, count: int, settings: BenchSettings)
 def shared_feature_scorer(model: RegionClassifier, roi_layer: str, roi_sides: tuple[int, int],
                           settings: BenchSettings) -> FineTunedScorer:
     """`model`'s weights run in the shared-feature (roi) mode, pooling at `roi_layer`, on images
-    resized to `roi_sides` (shorter side, cap on the longer)."""
-    network = inference_copy(model)
-    shared = SharedFeatureClassifier(model.num_classes, aux_classifiers=False, roi_layer=roi_layer)
-    shared.load_state_dict(network.state_dict())
+    resized to `roi_sides` (shorter side, cap on the longer). Layers only that mode has (the
+    5b-dilated light head) keep their random initialisation."""
+    shared = make_network("roi", model.num_classes, aux_classifiers=False, roi_layer=roi_layer).eval()
+    missing, unexpected = shared.load_state_dict(inference_copy(model).state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("light_") for key in missing), (missing, unexpected)
     return FineTunedScorer(shared, CLASS_NAMES, CLASS_NAMES, settings.crop_size, settings.context_pad,
                            f"roi {roi_layer}, {roi_sides[0]} px", roi_sides=roi_sides)
 

@@ -26,14 +26,14 @@ class ModelConfig:
     """The GoogLeNet region classifier."""
 
     init: str = "imagenet"  #: imagenet | random | path to a .pth of torchvision GoogLeNet weights
-    mode: str = "crop"  #: crop (R-CNN warped regions) | roi (shared trunk features, RoIAlign on 4e)
+    mode: str = "crop"  #: crop (R-CNN warped regions) | roi (shared trunk features, RoIAlign; see roi_layer)
     input_size: int = 224  #: warped region side (pixels)
     context_pad: int = 16  #: context pixels around each region at the warped size (R-CNN)
     aux_classifiers: bool = True  #: train with the two auxiliary heads (dropped at inference)
     dropout: float = 0.4  #: main head dropout (GoogLeNet paper)
     roi_short_side: int = 600  #: roi mode: images resized so the shorter side is this (pixels)
     roi_max_side: int = 1000  #: roi mode: ...unless the longer side would exceed this
-    roi_layer: str = "4e"  #: roi mode: pool from 4e (5a/5b per region) or 5b (whole trunk per image)
+    roi_layer: str = "4e"  #: roi mode: 4e (5a/5b per region) | 5b (whole trunk per image) | 5b-dilated (stride-16 5b, light head)
 
 
 @dataclass

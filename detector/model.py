@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import GoogLeNet, GoogLeNet_Weights, googlenet
+from torchvision.models.googlenet import BasicConv2d
 
 from detector.roi_pool import roi_align_matmul
 from eval.errors import UserError
@@ -101,15 +103,17 @@ class SharedFeatureClassifier(RegionClassifier):
     ``roi_layer="4e"``: pool inception_4e (stride 16) to 14x14 (what a 224-pixel crop gives
     there), then max pool, inception 5a/5b and the heads run per region. ``roi_layer="5b"``: the
     whole trunk runs per image and regions are pooled (4x4, averaged) from inception_5b
-    (stride 32), SPPnet-style, so a region costs almost nothing. In training the auxiliary
-    classifiers see RoIAlign-pooled 4a / 4d features. Parameters and state-dict keys are those of
-    RegionClassifier, so weights load either way.
+    (stride 32), SPPnet-style, so a region costs almost nothing. ``roi_layer="5b-dilated"``: see
+    LightHeadClassifier. In training the auxiliary classifiers see RoIAlign-pooled 4a / 4d
+    features. For 4e and 5b, parameters and state-dict keys are those of RegionClassifier, so
+    weights load either way.
 
     ``forward(images: list of [3, H, W], rois [R, 5] = (image index, x1, y1, x2, y2) in pixels
     of those images) -> RegionOutputs``.
     """
 
-    LAYERS = {"4e": (16, 14), "5b": (32, 4)}  #: roi_layer -> (stride, RoIAlign output size)
+    #: roi_layer -> (stride, RoIAlign output size) of the map regions are pooled from
+    LAYERS = {"4e": (16, 14), "5b": (32, 4), "5b-dilated": (16, 7)}
 
     def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4, roi_layer: str = "4e") -> None:
         super().__init__(num_classes, aux_classifiers, dropout)
@@ -123,8 +127,8 @@ class SharedFeatureClassifier(RegionClassifier):
         return roi_align_matmul(maps, rois, size, 1.0 / stride, sampling_ratio=2)
 
     def image_features(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """inception 4a and 4d maps [N, C, H/16, W/16] and the roi layer's map (4e at stride 16,
-        or 5b at stride 32) of normalised images [3, H_i, W_i], run as one batch: each is padded
+        """inception 4a and 4d maps [N, C, H/16, W/16] and the roi layer's map (see shared_map)
+        of normalised images [3, H_i, W_i], run as one batch: each is padded
         at its bottom and right with zeros (the normalised mean) to the largest H and W, so batch
         norm sees the whole batch in training."""
         t = self.trunk
@@ -132,10 +136,12 @@ class SharedFeatureClassifier(RegionClassifier):
         x = t.maxpool2(t.conv3(t.conv2(t.maxpool1(t.conv1(x)))))
         x4a = t.inception4a(t.maxpool3(t.inception3b(t.inception3a(x))))
         x4d = t.inception4d(t.inception4c(t.inception4b(x4a)))
-        shared = t.inception4e(x4d)
-        if self.roi_layer == "5b":
-            shared = t.inception5b(t.inception5a(t.maxpool4(shared)))
-        return x4a, x4d, shared
+        return x4a, x4d, self.shared_map(t.inception4e(x4d))
+
+    def shared_map(self, x4e: torch.Tensor) -> torch.Tensor:
+        """The map regions are pooled from, given inception_4e's [N, 832, H/16, W/16]."""
+        t = self.trunk
+        return t.inception5b(t.inception5a(t.maxpool4(x4e))) if self.roi_layer == "5b" else x4e
 
     def region_head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Features [R, 1024] from pooled regions ([R, 832, 14, 14] of 4e, or [R, 1024, 4, 4] of 5b)."""
@@ -161,6 +167,53 @@ class SharedFeatureClassifier(RegionClassifier):
         return outputs
 
 
+class LightHeadClassifier(SharedFeatureClassifier):
+    """``roi_layer="5b-dilated"``: the whole trunk runs per image and a region costs one small
+    fully connected layer, yet its features keep their spatial layout (Light-Head R-CNN, Li et
+    al. 2017, on a dilated last stage as in DeepLab / detectron2's DC5).
+
+    inception 5a/5b run on inception_4e's stride-16 grid: maxpool4 (2x2, stride 2) becomes a
+    2x2 stride-1 pool and 5a/5b's 3x3 convolutions and pools are dilated by 2, so every even
+    cell of the stride-16 5b map equals the stride-32 map's value (ImageNet weights keep their
+    meaning; tested). A 1x1 convolution thins the map to LIGHT_CHANNELS; each region is pooled
+    to 7x7 from it and one FC layer (+ ReLU, dropout) gives its 1024-d feature. On a 600x800
+    image 5a/5b cost ~5 GMAC once, and a region ~6 MMAC instead of 4e's ~130.
+    The added layers (``light_reduce``, ``light_fc``) start from random weights.
+    """
+
+    LIGHT_CHANNELS = 128  #: width of the thin map regions are pooled from
+
+    def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4) -> None:
+        super().__init__(num_classes, aux_classifiers, dropout, roi_layer="5b-dilated")
+        dilate_inception5(self.trunk)
+        pool_size = self.LAYERS[self.roi_layer][1]
+        self.light_reduce = BasicConv2d(FEATURE_DIM, self.LIGHT_CHANNELS, kernel_size=1)
+        self.light_fc = nn.Linear(self.LIGHT_CHANNELS * pool_size * pool_size, FEATURE_DIM)
+
+    def shared_map(self, x4e: torch.Tensor) -> torch.Tensor:
+        """The thin map [N, LIGHT_CHANNELS, H/16, W/16] from inception_4e's [N, 832, H/16, W/16]."""
+        t = self.trunk
+        pooled = F.max_pool2d(F.pad(x4e, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+        return self.light_reduce(t.inception5b(t.inception5a(pooled)))
+
+    def region_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Features [R, 1024] from regions pooled from the thin map [R, LIGHT_CHANNELS, 7, 7]."""
+        return self.trunk.dropout(F.relu(self.light_fc(torch.flatten(pooled, 1))))
+
+
+def dilate_inception5(trunk: GoogLeNet) -> None:
+    """Dilate inception 5a/5b's spatial convolutions and pools by 2, in place (their padding
+    doubles), for running them on a grid twice as fine as the one they were trained on."""
+    for block in (trunk.inception5a, trunk.inception5b):
+        for module in block.modules():
+            if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+                module.dilation = tuple(2 * d for d in module.dilation)
+                module.padding = tuple(2 * p for p in module.padding)
+        pool: nn.MaxPool2d = block.branch4[0]  # 3x3, stride 1, padding 1; max_pool2d caps padding
+        block.branch4[0] = nn.Sequential(nn.ConstantPad2d(2 * pool.padding, float("-inf")),
+                                         nn.MaxPool2d(pool.kernel_size, stride=1, dilation=2))
+
+
 def pad_to_batch(images: list[torch.Tensor]) -> torch.Tensor:
     """Images [3, H_i, W_i] -> [N, 3, max H, max W], zero-padded at the bottom and right."""
     if len(images) == 1:
@@ -178,6 +231,8 @@ def make_network(mode: str, num_classes: int, aux_classifiers: bool = True, drop
     """The region classifier for `mode`: crop (warped regions) or roi (shared image features)."""
     if mode == "crop":
         return RegionClassifier(num_classes, aux_classifiers, dropout)
+    if mode == "roi" and roi_layer == "5b-dilated":
+        return LightHeadClassifier(num_classes, aux_classifiers, dropout)
     if mode == "roi":
         return SharedFeatureClassifier(num_classes, aux_classifiers, dropout, roi_layer)
     raise UserError(f"model.mode {mode!r}: expected crop or roi")

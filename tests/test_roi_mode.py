@@ -35,6 +35,38 @@ def test_roi_layer_5b_pools_after_the_whole_trunk():
     assert model.state_dict().keys() == build_model(2).state_dict().keys()
 
 
+def test_dilated_5b_equals_the_stride_32_map_on_its_even_cells():
+    torch.manual_seed(0)
+    reference = build_model(2, mode="roi", roi_layer="5b").eval()
+    for module in reference.modules():  # He init keeps activations near unit scale (GoogLeNet's shrinks them)
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight)
+    dilated = build_model(2, mode="roi", roi_layer="5b-dilated").eval()
+    missing, unexpected = dilated.load_state_dict(reference.state_dict(), strict=False)
+    assert not unexpected and {key.split(".")[0] for key in missing} == {"light_reduce", "light_fc"}
+    image = torch.randn(3, 208, 272)  # inception_4e map 13x17: odd sides exercise the edge cells
+    with torch.no_grad():
+        stride_32 = reference.image_features([image])[2]
+        x4e = dilated.trunk.inception4e(dilated.image_features([image])[1])
+        thin = dilated.shared_map(x4e)
+        dilated.light_reduce = torch.nn.Identity()
+        stride_16 = dilated.shared_map(x4e)
+    assert stride_32.shape == (1, 1024, 7, 9) and stride_16.shape == (1, 1024, 13, 17)
+    assert thin.shape == (1, dilated.LIGHT_CHANNELS, 13, 17)
+    assert stride_32.abs().max() > 0.1
+    torch.testing.assert_close(stride_16[..., ::2, ::2], stride_32, rtol=1e-4, atol=1e-4)
+
+
+def test_dilated_5b_light_head_outputs():
+    model = build_model(2, mode="roi", roi_layer="5b-dilated").train()
+    rois = torch.tensor([[0, 0, 0, 160, 128.0], [1, 10, 10, 60, 90], [0, 30, 20, 31, 21]])
+    out = model([torch.randn(3, 128, 160), torch.randn(3, 96, 96)], rois)
+    assert out.features.shape == (3, 1024) and out.class_logits.shape == (3, 3) and out.box_deltas.shape == (3, 8)
+    assert len(out.aux_logits) == 2
+    out.class_logits.sum().backward()
+    assert model.light_fc.weight.grad.abs().sum() > 0 and model.trunk.inception5a.branch2[1].conv.weight.grad.abs().sum() > 0
+
+
 def test_roi_geometry():
     image = torch.zeros(3, 300, 400)
     resized, scale = resize_for_roi(image, short_side=600, max_side=700)
@@ -43,7 +75,7 @@ def test_roi_geometry():
     assert rois.tolist() == [[3.0, 42.0, 46.0, 154.0, 102.0]]  # context-dilated, then scaled
 
 
-@pytest.mark.parametrize("layer", ["4e", "5b"])
+@pytest.mark.parametrize("layer", ["4e", "5b", "5b-dilated"])
 def test_roi_mode_trains_and_detects(tiny_voc, tmp_path, layer):
     config = load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "model.mode=roi", f"model.roi_layer={layer}",
                                   "model.roi_short_side=120", "model.roi_max_side=200", "train.iterations=2",
