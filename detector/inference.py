@@ -18,6 +18,7 @@ import torch
 from detector.config import Config, TestConfig
 from detector.postprocess import detect_from_scores
 from detector.precision import Precision, flush_denormals, resolve_precision
+from detector.prefetch import prefetched
 from detector.regions import normalize_image, warp_regions
 from detector.scorers import FineTunedScorer, ImageNetScorer, RegionScorer
 from eval.boxes import clip_boxes, decode_deltas, hflip_boxes
@@ -75,6 +76,7 @@ class Detector:
         self.classes, self.display_names = first.classes, first.display_names
         self.proposal_config = proposal_config
         self.test_config = test_config
+        self.overlap_warps = True  #: warp the next chunk of regions while the network runs
 
     @classmethod
     def from_weights(cls, weights: list[str], config: Config | None = None, imagenet_target: str = "ilsvrc_det200") -> "Detector":
@@ -123,17 +125,23 @@ class Detector:
 
     def _score_crops(self, members, normalized, boxes, scores, deltas) -> None:
         """Fill rows of warped-region members, chunk by chunk; a warp is shared by every member
-        with the same (size, context, flip)."""
+        with the same (size, context, flip). With ``overlap_warps`` the next chunk is warped in a
+        background thread while the network scores this one."""
+        crop_members = [(k, scorer, (*scorer.warp_key, flip))
+                        for k, (scorer, flip) in enumerate(members) if not scorer.shares_features]
+        if not crop_members:
+            return
+        warp_keys = list(dict.fromkeys(key for _, _, key in crop_members))
         step = self.test_config.batch_size
-        for start in range(0, len(boxes), step):
+        starts = range(0, len(boxes), step)
+
+        def warp_chunk(start: int) -> dict[tuple, torch.Tensor]:
             chunk = boxes[start : start + step]
-            warped: dict[tuple, torch.Tensor] = {}
-            for k, (scorer, flip) in enumerate(members):
-                if scorer.shares_features:
-                    continue
-                key = (*scorer.warp_key, flip)
-                if key not in warped:
-                    warped[key] = warp_regions(normalized, chunk, *scorer.warp_key, flip=flip)
+            return {key: warp_regions(normalized, chunk, *key) for key in warp_keys}
+
+        chunks = prefetched(warp_chunk, starts) if self.overlap_warps else map(warp_chunk, starts)
+        for start, warped in zip(starts, chunks):
+            for k, scorer, key in crop_members:
                 out = scorer(warped[key], self.precision)
                 scores[k, start : start + step] = out.scores
                 if out.deltas is not None:
@@ -141,16 +149,22 @@ class Detector:
 
     # ----------------------------------------------------------------- detection
 
+    def propose(self, image: np.ndarray) -> np.ndarray:
+        """The proposals [N, 4] xyxy that `detect` scores on an RGB uint8 image [H, W, 3]."""
+        return self._ranked(propose_with_config(image, self.proposal_config))
+
+    def _ranked(self, proposals: np.ndarray) -> np.ndarray:
+        """The first test.max_proposals of ranked proposals (best first), or all when 0."""
+        limit = self.test_config.max_proposals
+        return proposals[:limit] if limit > 0 else proposals
+
     def detect(self, image: np.ndarray | str | Path, proposals: np.ndarray | None = None) -> DetectionResult:
         """Detections of one image (an RGB uint8 array [H, W, 3] or a path)."""
         timing = {}
         start = time.perf_counter()
         if not isinstance(image, np.ndarray):
             image = load_image(image)
-        if proposals is None:
-            proposals = propose_with_config(image, self.proposal_config)
-        if self.test_config.max_proposals > 0:  # proposals come ranked, best first
-            proposals = proposals[: self.test_config.max_proposals]
+        proposals = self.propose(image) if proposals is None else self._ranked(proposals)
         timing["proposals_s"] = time.perf_counter() - start
         start = time.perf_counter()
         scores, boxes = self.score(image, proposals)

@@ -17,11 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from detector.inference import Detector
+from detector.prefetch import prefetched
 from eval.atomic import atomic_path
 from eval.datasets import Dataset, ImageRecord
 from eval.detections import Detections, ImageDetections
 from eval.errors import UserError
-from eval.images import file_digest
+from eval.images import file_digest, load_image
 from proposals.cache import cached_proposals
 from proposals.extract import shard
 
@@ -72,13 +73,21 @@ def detect_split(
         raise UserError(f"the model's classes {detector.classes[:5]}... do not match {dataset.name}'s "
                         f"{dataset.classes[:5]}... ({len(detector.classes)} vs {len(dataset.classes)})")
     records = shard(dataset.records, shard_index, shard_count)
-    results: Detections = {}
-    for record in tqdm(records, desc=f"detect {dataset.name}", unit="image", dynamic_ncols=True):
+
+    def prepare(record: ImageRecord) -> tuple[Path, ImageDetections | tuple[np.ndarray, np.ndarray]]:
+        """The cache file and its detections, or else the image and its proposals (run in a
+        background thread while the previous image is scored)."""
         path = _cache_file(cache_dir, record)
         dets = _read_cached(path)
-        if dets is None:
-            proposals = cached_proposals(record.path, detector.proposal_config, proposal_cache)
-            dets = detector.detect(record.path, proposals).as_image_detections()
-            _write_cached(path, dets)
-        results[record.image_id] = dets
+        if dets is not None:
+            return path, dets
+        return path, (load_image(record.path), cached_proposals(record.path, detector.proposal_config, proposal_cache))
+
+    results: Detections = {}
+    prepared = prefetched(prepare, records)
+    for record, (path, ready) in zip(tqdm(records, desc=f"detect {dataset.name}", unit="image", dynamic_ncols=True), prepared):
+        if not isinstance(ready, ImageDetections):
+            ready = detector.detect(*ready).as_image_detections()
+            _write_cached(path, ready)
+        results[record.image_id] = ready
     return results

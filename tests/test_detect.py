@@ -65,6 +65,19 @@ def test_max_proposals_scores_the_best_ranked_first(tiny_voc, weights, monkeypat
         Detector.from_weights([str(weights)], _config(tiny_voc, "test.max_proposals=-1"))
 
 
+def test_overlapped_warps_score_like_sequential_ones(tiny_voc, weights):
+    detector = Detector.from_weights([str(weights)], _config(tiny_voc, "test.batch_size=3", "test.flip=true"))
+    image = load_image(tiny_voc / "JPEGImages" / "test_0000.jpg")
+    proposals = np.array([[10, 10, 60, 60], [50, 20, 120, 100], [0, 0, 30, 30], [5, 40, 150, 110],
+                          [70, 5, 90, 60], [20, 20, 140, 100], [0, 0, 159, 119]], np.float32)
+    overlapped = detector.score(image, proposals)
+    detector.overlap_warps = False
+    sequential = detector.score(image, proposals)
+    assert overlapped[0].shape == (2, 7, 3)  # the model and its flipped copy, 3 chunks of regions
+    for a, b in zip(overlapped, sequential):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_ensemble_scores_are_the_member_average(tiny_voc, tmp_path, weights):
     other = _checkpoint(tmp_path / "other.pt", seed=1)
     config = _config(tiny_voc)

@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from detector.config import Config, apply_overrides
@@ -93,8 +96,21 @@ def _write_outputs(out: Path, path: Path, image, result, payload: dict, show: bo
         drawn.show()
 
 
+def _read_and_propose(detector, path: Path) -> tuple[np.ndarray, np.ndarray, float] | UserError:
+    """The image, its proposals and their seconds, or the UserError that reading it raised
+    (run in a background thread while the previous image is scored)."""
+    try:
+        image = load_image(path)
+    except UserError as exc:
+        return exc
+    start = time.perf_counter()
+    proposals = detector.propose(image)
+    return image, proposals, time.perf_counter() - start
+
+
 def run(args: argparse.Namespace, config: Config | None) -> int:
     from detector.inference import Detector
+    from detector.prefetch import prefetched
 
     config = _with_flags(config or Config(), args)
     paths = collect_images(args.inputs)
@@ -104,14 +120,15 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     target = {"det200": "ilsvrc_det200", "voc": "voc20"}[args.classes]
     detector = Detector.from_weights(args.weights, config, imagenet_target=target)
     coco_results, failures = [], 0
-    for index, path in enumerate(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr)):
-        try:
-            image = load_image(path)
-        except UserError as exc:
-            print(f"skipped: {exc}", file=sys.stderr)
+    inputs = prefetched(partial(_read_and_propose, detector), paths)
+    for index, (path, ready) in enumerate(zip(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr), inputs)):
+        if isinstance(ready, UserError):
+            print(f"skipped: {ready}", file=sys.stderr)
             failures += 1
             continue
-        result = detector.detect(image)
+        image, proposals, proposals_s = ready
+        result = detector.detect(image, proposals)
+        result.timing["proposals_s"] = proposals_s
         payload = result_json(path, result, image.shape)
         print(json.dumps(payload) if args.json else format_table(path, result), flush=True)
         if out is not None:
