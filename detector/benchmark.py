@@ -59,6 +59,7 @@ PROPOSAL_CASES = (("opencv-fast", "rcnn", False), ("opencv-fast", "googlenet", F
                   ("opencv-quality", "rcnn", True), ("selectivesearch", "rcnn", True))
 AUTOCAST_NAMES = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 AMP"}
 #: --quick caps: regions per forward pass, proposals per image, regions per training step, repeats
+SECTIONS = ("proposals", "memory", "classifier", "detect", "training")
 QUICK = {"batch_size": 8, "max_proposals": 16, "train_batch": 8, "repeats": 2}
 
 
@@ -76,6 +77,7 @@ class BenchSettings:
     quick: bool = False  #: skip the slow proposal backends
     compile: bool = False  #: also measure torch.compile
     device: str = "cpu"
+    sections: tuple[str, ...] = SECTIONS  #: which parts to measure
 
     @classmethod
     def from_config(cls, config: Config, quick: bool = False, **overrides: Any) -> "BenchSettings":
@@ -483,27 +485,37 @@ def bench_memory(image: np.ndarray, scorer: FineTunedScorer, model: RegionClassi
 
 def run_benchmark(images: dict[str, np.ndarray], config: Config, settings: BenchSettings,
                   log: Callable[[str], None] = lambda section: None) -> BenchReport:
-    """Every section on `images` (name -> RGB uint8 [H, W, 3]); `log` is told which section starts."""
+    """The settings' sections on `images` (name -> RGB uint8 [H, W, 3]); `log` is told which
+    section starts."""
     flush_denormals()
+    wanted = settings.sections
     pictures = list(images.values())
-    log("proposals")
-    rows = bench_proposals(pictures, config.proposals, settings)
+    rows = []
+    if "proposals" in wanted:
+        log("proposals")
+        rows += bench_proposals(pictures, config.proposals, settings)
     boxes = propose_with_config(pictures[0], _proposal_config(config, settings))
     crops = crops_from(pictures[0], boxes, settings.batch_size, settings.crop_size, settings.context_pad)
     train_crops = crops_from(pictures[0], boxes, settings.train_batch, settings.crop_size, settings.context_pad)
     torch.manual_seed(0)
     model = benchmark_model(aux_classifiers=True)
     scorers = random_scorers(model, ENSEMBLE_SIZE, settings)
-    log("memory")
-    memory = bench_memory(pictures[0], scorers[0], model, train_crops, config, settings)
-    log("region classifier")
-    rows += bench_classifier(inference_copy(model), crops, settings)
-    log("end-to-end detection")
-    sides = (config.model.roi_short_side, config.model.roi_max_side)
-    shared = [shared_feature_scorer(model, layer, sides, settings) for layer in SharedFeatureClassifier.LAYERS]
-    rows += bench_detect(pictures, scorers, shared, config, settings)
-    log("training")
-    rows += bench_training(model, train_crops, config.train, settings) + memory
+    memory = []
+    if "memory" in wanted:  # first: peak RSS only grows
+        log("memory")
+        memory = bench_memory(pictures[0], scorers[0], model, train_crops, config, settings)
+    if "classifier" in wanted:
+        log("region classifier")
+        rows += bench_classifier(inference_copy(model), crops, settings)
+    if "detect" in wanted:
+        log("end-to-end detection")
+        sides = (config.model.roi_short_side, config.model.roi_max_side)
+        shared = [shared_feature_scorer(model, layer, sides, settings) for layer in SharedFeatureClassifier.LAYERS]
+        rows += bench_detect(pictures, scorers, shared, config, settings)
+    if "training" in wanted:
+        log("training")
+        rows += bench_training(model, train_crops, config.train, settings)
+    rows += memory
     return BenchReport(environment(torch.device(settings.device)), dataclasses.asdict(settings), list(images),
                        add_ratios(rows))
 
@@ -536,7 +548,8 @@ def format_report(report: BenchReport) -> str:
         f"settings: crops {s['crop_size']}x{s['crop_size']}, batch {s['batch_size']}, "
         f"<= {s['max_proposals']} proposals, training minibatch {s['train_batch']}, "
         f"median of {s['repeats']} after {s['warmup']} warm-up"
-        + (", --quick" if s["quick"] else ""),
+        + (", --quick" if s["quick"] else "")
+        + ("" if tuple(s["sections"]) == SECTIONS else f", sections: {' '.join(s['sections'])}"),
         f"images: {', '.join(report.images)}",
         "",
         markdown_table(report.rows),

@@ -59,6 +59,16 @@ def test_quick_bench_table_and_json(tmp_path, capsys):
     assert BenchReport.from_json(report.to_json()) == report
 
 
+def test_sections_select_the_rows(tmp_path, capsys):
+    image = tmp_path / "tiny.png"
+    Image.fromarray(synthetic_image(96, 72)).save(image)
+    assert main(["bench", "--quick", "--device", "cpu", "--image", str(image), "--sections", "training", "memory", *TINY]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| section")]
+    assert [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table] == ROWS[-4:]
+    assert "sections: training memory" in out
+
+
 def test_ratios_are_relative_to_the_group_baseline():
     rows = add_ratios([Row("s", "base", 2.0, "s", baseline=True), Row("s", "other", 3.0, "s"),
                        Row("s", "skipped", None, "s"), Row("t", "g", 4.0, "s", baseline=True, group="g"),

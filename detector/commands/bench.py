@@ -14,6 +14,7 @@ synthetic 500x375 image.
 examples:
   rcnn bench --quick
   rcnn bench --image examples/raccoon.jpg --compile --json bench.json
+  rcnn bench --sections detect --repeats 3
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.benchmark import BenchSettings, format_report, run_benchmark, synthetic_image, write_json
+from detector.benchmark import SECTIONS, BenchSettings, format_report, run_benchmark, synthetic_image, write_json
 from detector.config import Config
 from eval.errors import UserError
 from eval.images import list_images, load_image
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, --quick 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
+                        help=f"measure only these: {', '.join(SECTIONS)} (default: all)")
 
 
 def bench_images(image: str | None, images_dir: str | None) -> dict[str, np.ndarray]:
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UserError(f"--repeats {args.repeats}: expected at least 1")
     images = bench_images(args.image, args.images_dir)
     settings = BenchSettings.from_config(config, args.quick, repeats=args.repeats,
-                                         compile=args.compile, device=_device(args.device))
+                                         compile=args.compile, device=_device(args.device),
+                                         sections=tuple(dict.fromkeys(args.sections)))
     report = run_benchmark(images, config, settings, log=lambda section: print(f"bench: {section}...", file=sys.stderr))
     print(format_report(report))
     if args.json:
