@@ -22,7 +22,7 @@ ROWS = [
     ("classifier", "fp32 channels_last, batch 2"),
     ("classifier", "bf16 autocast channels_last, batch 2"),
     *[("detect", f"{case}: {stage}")
-      for case in ("1 model, rcnn preset", "1 model, rcnn preset, warps not overlapped", "1 model, googlenet preset",
+      for case in ("1 model, rcnn preset", "1 model, rcnn preset, warps overlapped", "1 model, googlenet preset",
                    "ensemble of 3, rcnn preset",
                    "roi 4e, 64 px, rcnn preset", "roi 5b, 64 px, rcnn preset", "roi 5b-dilated, 64 px, rcnn preset")
       for stage in ("total", "proposals", "regions", "postprocess")],

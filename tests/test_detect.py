@@ -70,6 +70,8 @@ def test_overlapped_warps_score_like_sequential_ones(tiny_voc, weights):
     image = load_image(tiny_voc / "JPEGImages" / "test_0000.jpg")
     proposals = np.array([[10, 10, 60, 60], [50, 20, 120, 100], [0, 0, 30, 30], [5, 40, 150, 110],
                           [70, 5, 90, 60], [20, 20, 140, 100], [0, 0, 159, 119]], np.float32)
+    assert not detector.overlap_warps  # on a CPU the network already uses every core
+    detector.overlap_warps = True
     overlapped = detector.score(image, proposals)
     detector.overlap_warps = False
     sequential = detector.score(image, proposals)
