@@ -77,7 +77,7 @@ class Detector:
         self.proposal_config = proposal_config
         self.test_config = test_config
         #: warp the next chunk of regions in a thread while the network runs: on CUDA only, as
-        #: on a CPU the network already uses every core (measured 0.96x on 2 cores, rcnn bench)
+        #: on a CPU the network already uses every core (rcnn bench on 2 cores: 4% slower)
         self.overlap_warps = self.precision.device.type == "cuda"
 
     @classmethod
