@@ -386,20 +386,23 @@ def _proposal_config(config: Config, settings: BenchSettings) -> ProposalConfig:
 def bench_detect(images: list[np.ndarray], scorers: list[FineTunedScorer], shared: list[FineTunedScorer],
                  config: Config, settings: BenchSettings) -> list[Row]:
     """End-to-end detection seconds per image with the stage split: one model on warped crops
-    (the baseline, R-CNN), the same with the other choice of overlapping warps and network, one with the googlenet
-    proposal preset, an ensemble of all `scorers`, and each `shared`-feature (roi mode) scorer."""
+    (the baseline, R-CNN), the same with the other choice of overlapping warps and network, one
+    with the googlenet proposal preset, an ensemble of all `scorers`, and each `shared`-feature
+    (roi mode) scorer."""
     proposals = _proposal_config(config, settings)
     precision = resolve_precision(config.test.precision, torch.device(settings.device))
     test = dataclasses.replace(config.test, max_proposals=0)
     googlenet = dataclasses.replace(proposals, preset="googlenet")
     roi_target = f"targets: regions <= {ROI_TARGETS[0]} s, total <= {ROI_TARGETS[1]} s"
-    # (label, models, proposal config, warp the next chunk while the network runs, target)
     overlap = precision.device.type == "cuda"  # the Detector's default
+    # (label, models, proposal config, warp the next chunk while the network runs, target)
+    other = "not " if overlap else ""
     cases = [("1 model, rcnn preset", scorers[:1], proposals, overlap, ""),
-             (f"1 model, rcnn preset, warps {'not ' if overlap else ''}overlapped", scorers[:1], proposals, not overlap,
-              "warps of the next chunk " + ("not " if overlap else "") + "run in a thread beside the network"),
+             (f"1 model, rcnn preset, warps {other}overlapped", scorers[:1], proposals, not overlap,
+              f"warps of the next chunk {other}run in a thread beside the network"),
              ("1 model, googlenet preset", scorers[:1], googlenet, overlap, ""),
-             (f"ensemble of {len(scorers)}, rcnn preset", scorers, proposals, overlap, f"target <= {ENSEMBLE_TARGET}x one model")]
+             (f"ensemble of {len(scorers)}, rcnn preset", scorers, proposals, overlap,
+              f"target <= {ENSEMBLE_TARGET}x one model")]
     cases += [(f"{scorer.name}, rcnn preset", [scorer], proposals, overlap, roi_target) for scorer in shared]
     rows = []
     for index, (label, members, proposal_config, overlap, target) in enumerate(cases):

@@ -33,7 +33,8 @@ class ModelConfig:
     dropout: float = 0.4  #: main head dropout (GoogLeNet paper)
     roi_short_side: int = 600  #: roi mode: images resized so the shorter side is this (pixels)
     roi_max_side: int = 1000  #: roi mode: ...unless the longer side would exceed this
-    roi_layer: str = "4e"  #: roi mode: 4e (5a/5b per region) | 5b (whole trunk per image) | 5b-dilated (stride-16 5b, light head)
+    #: roi mode: 4e (5a/5b per region) | 5b (whole trunk per image) | 5b-dilated (light head)
+    roi_layer: str = "4e"
 
 
 @dataclass
