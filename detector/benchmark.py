@@ -13,7 +13,7 @@ Sections and their baselines:
 - ``proposals``: seconds per image per backend / preset; baseline opencv-fast, rcnn preset.
 - ``classifier``: ms per warped crop; baseline fp32 NCHW batch 1.
 - ``detect``: seconds per image per stage, one model on warped crops (baseline), googlenet
-  preset, ensemble of 3, and the shared-feature (roi) mode pooling inception_4e or 5b.
+  preset, ensemble of 3, and the shared-feature (roi) mode at each ``model.roi_layer``.
 - ``training``: regions/s of an SGD step (aux heads on); baseline fp32.
 - ``memory``: peak RSS of the process (MiB) while detecting one image (baseline) or training a step.
 """
@@ -38,7 +38,7 @@ from torch import nn
 from detector.config import Config, TrainConfig
 from detector.inference import Detector
 from detector.minibatches import RegionBatch
-from detector.model import RegionClassifier, SharedFeatureClassifier, build_model, make_network
+from detector.model import ROI_NETWORKS, RegionClassifier, build_model, make_network
 from detector.precision import (Precision, cpu_has_fast_bf16, flush_denormals, prepare_input, prepare_model,
                                 resolve_precision)
 from detector.regions import normalize_image, warp_regions
@@ -515,7 +515,7 @@ def run_benchmark(images: dict[str, np.ndarray], config: Config, settings: Bench
     if "detect" in wanted:
         log("end-to-end detection")
         sides = (config.model.roi_short_side, config.model.roi_max_side)
-        shared = [shared_feature_scorer(model, layer, sides, settings) for layer in SharedFeatureClassifier.LAYERS]
+        shared = [shared_feature_scorer(model, layer, sides, settings) for layer in ROI_NETWORKS]
         rows += bench_detect(pictures, scorers, shared, config, settings)
     if "training" in wanted:
         log("training")

@@ -103,22 +103,22 @@ class SharedFeatureClassifier(RegionClassifier):
     ``roi_layer="4e"``: pool inception_4e (stride 16) to 14x14 (what a 224-pixel crop gives
     there), then max pool, inception 5a/5b and the heads run per region. ``roi_layer="5b"``: the
     whole trunk runs per image and regions are pooled (4x4, averaged) from inception_5b
-    (stride 32), SPPnet-style, so a region costs almost nothing. ``roi_layer="5b-dilated"``: see
-    LightHeadClassifier. In training the auxiliary classifiers see RoIAlign-pooled 4a / 4d
-    features. For 4e and 5b, parameters and state-dict keys are those of RegionClassifier, so
-    weights load either way.
+    (stride 32), SPPnet-style, so a region costs almost nothing. (``"5b-dilated"`` is
+    LightHeadClassifier; make_network picks the class.) In training the auxiliary classifiers
+    see RoIAlign-pooled 4a / 4d features. Parameters and state-dict keys are those of
+    RegionClassifier, so weights load either way.
 
     ``forward(images: list of [3, H, W], rois [R, 5] = (image index, x1, y1, x2, y2) in pixels
     of those images) -> RegionOutputs``.
     """
 
     #: roi_layer -> (stride, RoIAlign output size) of the map regions are pooled from
-    LAYERS = {"4e": (16, 14), "5b": (32, 4), "5b-dilated": (16, 7)}
+    LAYERS = {"4e": (16, 14), "5b": (32, 4)}
 
     def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4, roi_layer: str = "4e") -> None:
         super().__init__(num_classes, aux_classifiers, dropout)
         if roi_layer not in self.LAYERS:
-            raise UserError(f"model.roi_layer {roi_layer!r}: expected one of {', '.join(self.LAYERS)}")
+            raise UserError(f"model.roi_layer {roi_layer!r}: {type(self).__name__} runs {', '.join(self.LAYERS)}")
         self.roi_layer = roi_layer
 
     @staticmethod
@@ -181,10 +181,12 @@ class LightHeadClassifier(SharedFeatureClassifier):
     The added layers (``light_reduce``, ``light_fc``) start from random weights.
     """
 
+    LAYERS = {"5b-dilated": (16, 7)}
     LIGHT_CHANNELS = 128  #: width of the thin map regions are pooled from
 
-    def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4) -> None:
-        super().__init__(num_classes, aux_classifiers, dropout, roi_layer="5b-dilated")
+    def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4,
+                 roi_layer: str = "5b-dilated") -> None:
+        super().__init__(num_classes, aux_classifiers, dropout, roi_layer)
         dilate_inception5(self.trunk)
         pool_size = self.LAYERS[self.roi_layer][1]
         self.light_reduce = BasicConv2d(FEATURE_DIM, self.LIGHT_CHANNELS, kernel_size=1)
@@ -214,6 +216,11 @@ def dilate_inception5(trunk: GoogLeNet) -> None:
                                          nn.MaxPool2d(pool.kernel_size, stride=1, dilation=2))
 
 
+#: model.roi_layer -> the shared-feature network that runs it
+ROI_NETWORKS = {layer: network for network in (SharedFeatureClassifier, LightHeadClassifier)
+                for layer in network.LAYERS}
+
+
 def pad_to_batch(images: list[torch.Tensor]) -> torch.Tensor:
     """Images [3, H_i, W_i] -> [N, 3, max H, max W], zero-padded at the bottom and right."""
     if len(images) == 1:
@@ -231,10 +238,10 @@ def make_network(mode: str, num_classes: int, aux_classifiers: bool = True, drop
     """The region classifier for `mode`: crop (warped regions) or roi (shared image features)."""
     if mode == "crop":
         return RegionClassifier(num_classes, aux_classifiers, dropout)
-    if mode == "roi" and roi_layer == "5b-dilated":
-        return LightHeadClassifier(num_classes, aux_classifiers, dropout)
     if mode == "roi":
-        return SharedFeatureClassifier(num_classes, aux_classifiers, dropout, roi_layer)
+        if roi_layer not in ROI_NETWORKS:
+            raise UserError(f"model.roi_layer {roi_layer!r}: expected one of {', '.join(ROI_NETWORKS)}")
+        return ROI_NETWORKS[roi_layer](num_classes, aux_classifiers, dropout, roi_layer)
     raise UserError(f"model.mode {mode!r}: expected crop or roi")
 
 

@@ -8,9 +8,10 @@ import torch
 from detector.checkpoint import load_checkpoint
 from detector.config import load_config
 from detector.inference import Detector
-from detector.model import build_model
+from detector.model import LightHeadClassifier, SharedFeatureClassifier, build_model
 from detector.regions import resize_for_roi, roi_inputs
 from detector.train import train
+from eval.errors import UserError
 from eval.images import load_image
 
 
@@ -65,6 +66,15 @@ def test_dilated_5b_light_head_outputs():
     assert len(out.aux_logits) == 2
     out.class_logits.sum().backward()
     assert model.light_fc.weight.grad.abs().sum() > 0 and model.trunk.inception5a.branch2[1].conv.weight.grad.abs().sum() > 0
+
+
+def test_each_roi_layer_gets_the_network_that_runs_it():
+    assert type(build_model(2, mode="roi", roi_layer="5b-dilated")) is LightHeadClassifier
+    assert type(build_model(2, mode="roi", roi_layer="4e")) is SharedFeatureClassifier
+    with pytest.raises(UserError, match="model.roi_layer '5c': expected one of 4e, 5b, 5b-dilated"):
+        build_model(2, mode="roi", roi_layer="5c")
+    with pytest.raises(UserError, match="SharedFeatureClassifier runs 4e, 5b"):
+        SharedFeatureClassifier(2, roi_layer="5b-dilated")
 
 
 def test_roi_geometry():
