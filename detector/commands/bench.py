@@ -13,7 +13,7 @@ synthetic 500x375 image.
 
 examples:
   rcnn bench --quick
-  rcnn bench --image examples/raccoon.jpg --compile --json bench.json
+  rcnn bench --image examples/chelsea.jpg --compile --json bench.json
   rcnn bench --sections detect --repeats 3
 """
 from __future__ import annotations
