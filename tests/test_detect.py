@@ -19,9 +19,13 @@ from eval.errors import UserError
 from eval.images import load_image
 
 
-def _checkpoint(path: Path, classes=("square", "disc"), seed=0, input_size=64) -> Path:
+def _checkpoint(path: Path, classes=("square", "disc"), seed=0, input_size=64, score_bias=None) -> Path:
+    """A randomly initialised checkpoint. Its trunk's features are ~0, so every region scores about
+    softmax(class-score bias): 1 / (C + 1) each, or softmax(`score_bias` [C + 1]) when given."""
     torch.manual_seed(seed)
     model = build_model(len(classes))
+    if score_bias is not None:
+        model.cls_score.bias.data = torch.tensor(score_bias)
     config = {"model": {"input_size": input_size, "context_pad": 4}}
     save_checkpoint(path, {"model": model.state_dict(), "classes": list(classes), "config": config})
     return path
@@ -30,6 +34,12 @@ def _checkpoint(path: Path, classes=("square", "disc"), seed=0, input_size=64) -
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     return _checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def spread_weights(tmp_path_factory) -> Path:
+    """Every region scores square 0.665, disc 0.090 (background 0.245)."""
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "spread.pt", score_bias=[0.0, 1.0, -1.0])
 
 
 def _config(tiny_voc, *extra):
@@ -149,6 +159,50 @@ def test_detect_cli_folder_with_a_bad_file(tiny_voc, tmp_path, weights, capsys):
     assert payload["detections"] and set(payload["detections"][0]) == {"class", "label", "score", "box_xyxy"}
     coco = json.loads((out / "coco.json").read_text())
     assert coco and set(coco[0]) == {"image_id", "file_name", "category_id", "bbox", "score"}
+
+
+def _printed_scores(out: str) -> list[float]:
+    return [float(line.split()[1]) for line in out.splitlines() if line.startswith("  ")]
+
+
+def test_detect_prints_and_draws_above_the_display_threshold_and_saves_everything(
+        tiny_voc, tmp_path, spread_weights, capsys, monkeypatch):
+    import detector.draw
+
+    drawn = []
+    draw = detector.draw.draw_detections
+    monkeypatch.setattr(detector.draw, "draw_detections", lambda image, boxes, scores, *rest: drawn.append(scores)
+                        or draw(image, boxes, scores, *rest))
+    out = tmp_path / "out"
+    base = [str(tiny_voc / "JPEGImages" / "test_0000.jpg"), "--weights", str(spread_weights), "--out", str(out),
+            "--set", "proposals.max_boxes=30", "--coco-json", str(out / "coco.json")]
+    assert detect_main(base) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "test_0000.json").read_text())["detections"]
+    squares = [d["score"] for d in saved if d["class"] == "square"]
+    assert squares and {d["score"] for d in saved} == {0.66524, 0.09003}  # down to test.score_threshold 0.05
+    assert f"shown of {len(saved)} (score >= 0.25, at most 10)" in printed
+    assert _printed_scores(printed) == [0.665] * min(len(squares), 10) and "disc" not in printed
+    assert drawn[-1].tolist() == pytest.approx([0.66524] * min(len(squares), 10), abs=1e-5)
+    assert sorted(d["score"] for d in json.loads((out / "coco.json").read_text())) == sorted(d["score"] for d in saved)
+    assert detect_main([*base, "--max-detections", "1", "--score-threshold", "0"]) == 0
+    assert _printed_scores(capsys.readouterr().out) == [0.665] and len(drawn[-1]) == 1
+
+
+def test_display_threshold_below_test_score_threshold_lowers_it(tiny_voc, spread_weights, capsys):
+    base = [str(tiny_voc / "JPEGImages" / "test_0000.jpg"), "--weights", str(spread_weights), "--json",
+            "--set", "proposals.max_boxes=30", "--set", "test.score_threshold=0.5"]
+    assert detect_main(base) == 0
+    assert {d["class"] for d in json.loads(capsys.readouterr().out)["detections"]} == {"square"}
+    assert detect_main([*base, "--score-threshold", "0.05"]) == 0
+    assert {d["class"] for d in json.loads(capsys.readouterr().out)["detections"]} == {"square", "disc"}
+
+
+def test_max_detections_below_one_is_refused(tiny_voc, weights, capsys):
+    image = str(tiny_voc / "JPEGImages" / "test_0000.jpg")
+    assert detect_main([image, "--weights", str(weights), "--max-detections", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-detections 0: expected at least 1" in err[0]
 
 
 def test_output_path_that_is_a_file(tiny_voc, tmp_path, weights, capsys):

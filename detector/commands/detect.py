@@ -2,12 +2,15 @@
 
 Prints a table (class, score, box) per image; with --out writes each image with labelled boxes
 and a JSON file of its detections (and --coco-json a COCO results file for all images).
+The table and the drawing show the detections scoring at least --score-threshold (0.25), at most
+--max-detections (10) per image; the JSON files, --json and --coco-json keep every detection down
+to test.score_threshold (0.05; a lower --score-threshold lowers it), the low scores that mAP needs.
 Several --weights make an ensemble (scores averaged; --fusion vote for box voting).
 Without --weights: $RCNN_WEIGHTS, then ~/.cache/googlenet-rcnn/default.pt, then torchvision's
 ImageNet GoogLeNet with its classes mapped to the ILSVRC DET 200 (or --classes voc) classes.
 
 examples:
-  detect examples/raccoon.jpg --weights runs/animals_voc/model_final.pt --out out/
+  detect examples/chelsea.jpg --weights runs/animals_voc/model_final.pt --out out/
   detect photos/ --weights a.pt b.pt c.pt --fusion vote --flip --coco-json results.json
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +31,8 @@ from eval.atomic import atomic_path, check_writable, write_text
 from eval.errors import UserError
 from eval.images import IMAGE_SUFFIXES, list_images, load_image
 
+DISPLAY_THRESHOLD = 0.25  #: default --score-threshold (ultralytics' conf)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
@@ -34,10 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", choices=("det200", "voc"), default="det200",
                         help="class set of the ImageNet default model (ignored with --weights)")
     parser.add_argument("--out", "-o", default=None, help="folder for drawn images and per-image JSON")
-    parser.add_argument("--json", action="store_true", help="print detections as JSON lines instead of tables")
+    parser.add_argument("--json", action="store_true",
+                        help="print each image's result file (every detection) as a JSON line instead of a table")
     parser.add_argument("--coco-json", default=None, help="also write all detections as a COCO results file")
     parser.add_argument("--show", action="store_true", help="open each drawn image in the system viewer")
-    parser.add_argument("--score-threshold", type=float, default=None, help="minimum score (default: test.score_threshold)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help=f"print and draw detections scoring at least this (default {DISPLAY_THRESHOLD}); "
+                             "files keep those down to test.score_threshold (0.05), or to this when given and lower")
+    parser.add_argument("--max-detections", type=int, default=10,
+                        help="print and draw at most this many per image, best first (default 10)")
     parser.add_argument("--nms-iou", type=float, default=None, help="per-class NMS IoU (default: test.nms_iou, 0.3)")
     parser.add_argument("--fusion", choices=("nms", "vote", "wbf"), default=None, help="default: test.fusion (nms)")
     parser.add_argument("--flip", action="store_true", help="test-time horizontal flip")
@@ -45,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _with_flags(config: Config, args: argparse.Namespace) -> Config:
-    flags = {"test.score_threshold": args.score_threshold, "test.nms_iou": args.nms_iou,
+    given = args.score_threshold
+    lower = given if given is not None and given < config.test.score_threshold else None
+    flags = {"test.score_threshold": lower, "test.nms_iou": args.nms_iou,
              "test.fusion": args.fusion, "proposals.preset": args.preset, "test.flip": True if args.flip else None}
     return apply_overrides(config, [f"{k}={v}" for k, v in flags.items() if v is not None])
 
@@ -66,9 +79,20 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def format_table(path: Path, result) -> str:
-    lines = [f"{path}: {len(result.boxes)} detection(s)"]
-    for name, score, box in zip(result.names, result.scores, result.boxes):
+def displayed(result, score_threshold: float, max_detections: int):
+    """The DetectionResult `detect` prints and draws: the best `max_detections` scoring >= `score_threshold`."""
+    keep = np.flatnonzero(result.scores >= score_threshold)
+    keep = keep[np.argsort(-result.scores[keep], kind="stable")][:max_detections]
+    return replace(result, boxes=result.boxes[keep], scores=result.scores[keep], labels=result.labels[keep],
+                   names=[result.names[i] for i in keep])
+
+
+def format_table(path: Path, shown, total: int, score_threshold: float, max_detections: int) -> str:
+    """The printed table of the `shown` detections, saying how many of `total` are hidden and why."""
+    lines = [f"{path}: {len(shown.boxes)} detection(s)"]
+    if len(shown.boxes) < total:
+        lines[0] += f" shown of {total} (score >= {score_threshold:g}, at most {max_detections})"
+    for name, score, box in zip(shown.names, shown.scores, shown.boxes):
         x1, y1, x2, y2 = box
         lines.append(f"  {name:<20} {score:6.3f}   [{x1:7.1f} {y1:7.1f} {x2:7.1f} {y2:7.1f}]")
     return "\n".join(lines)
@@ -85,10 +109,21 @@ def result_json(path: Path, result, image_shape) -> dict:
     }
 
 
-def _write_outputs(out: Path, path: Path, image, result, payload: dict, show: bool) -> None:
+def coco_entries(image_id: int, path: Path, result) -> list[dict]:
+    """COCO results entries (bbox x, y, width, height px; category_id = label + 1) of every detection."""
+    return [
+        {"image_id": image_id, "file_name": path.name, "category_id": int(label) + 1,
+         "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
+         "score": round(float(score), 5)}
+        for (x1, y1, x2, y2), score, label in zip(result.boxes, result.scores, result.labels)
+    ]
+
+
+def _write_outputs(out: Path, path: Path, image, shown, payload: dict, show: bool) -> None:
+    """The drawn image (the `shown` detections) and the result file (`payload`, every detection)."""
     from detector.draw import draw_detections
 
-    drawn = draw_detections(image, result.boxes, result.scores, result.labels, result.names)
+    drawn = draw_detections(image, shown.boxes, shown.scores, shown.labels, shown.names)
     with atomic_path(out / f"{path.stem}.jpg") as tmp:
         drawn.save(tmp, format="JPEG", quality=92)
     write_text(out / f"{path.stem}.json", json.dumps(payload, indent=1))
@@ -112,7 +147,10 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     from detector.inference import Detector
     from detector.prefetch import prefetched
 
+    if args.max_detections < 1:
+        raise UserError(f"--max-detections {args.max_detections}: expected at least 1")
     config = _with_flags(config or Config(), args)
+    display = DISPLAY_THRESHOLD if args.score_threshold is None else args.score_threshold
     paths = collect_images(args.inputs)
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -130,15 +168,12 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
         result = detector.detect(image, proposals)
         result.timing["proposals_s"] = proposals_s
         payload = result_json(path, result, image.shape)
-        print(json.dumps(payload) if args.json else format_table(path, result), flush=True)
+        shown = displayed(result, display, args.max_detections)
+        table = format_table(path, shown, len(result.boxes), display, args.max_detections)
+        print(json.dumps(payload) if args.json else table, flush=True)
         if out is not None:
-            _write_outputs(out, path, image, result, payload, args.show)
-        coco_results += [
-            {"image_id": index, "file_name": path.name, "category_id": int(label) + 1,
-             "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
-             "score": round(float(score), 5)}
-            for (x1, y1, x2, y2), score, label in zip(result.boxes, result.scores, result.labels)
-        ]
+            _write_outputs(out, path, image, shown, payload, args.show)
+        coco_results += coco_entries(index, path, result)
     if args.coco_json:
         write_text(args.coco_json, json.dumps(coco_results))
     if failures:
