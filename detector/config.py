@@ -94,6 +94,47 @@ class TestConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Classification pre-training of the GoogLeNet trunk on an ImageFolder (``rcnn pretrain``).
+
+    Defaults follow the GoogLeNet paper (Sect. 6): SGD momentum 0.9, the learning rate cut by 4%
+    every 8 epochs, Polyak (EMA) averaging, 8%-100% area / [3/4, 4/3] aspect crops, photometric
+    distortions, random resize interpolation, auxiliary losses weighted 0.3.
+    """
+
+    root: str = ""  #: ImageFolder root holding <train_split>/<class>/* and <val_split>/<class>/*
+    train_split: str = "train"
+    val_split: str = "val"
+    input_size: int = 224  #: training crop side (pixels); 128 / 160 suit short budgets
+    epochs: int = 90
+    batch_size: int = 64  #: images per step per process
+    lr: float = 0.04  #: peak learning rate at batch_size images per step
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0002
+    schedule: str = "step"  #: step (gamma every step_epochs) | cosine | onecycle, all after warm-up
+    step_epochs: float = 8.0  #: step schedule: epochs between decays (paper: 8)
+    step_gamma: float = 0.96  #: step schedule: factor per decay (paper: 0.96, "4% every 8 epochs")
+    warmup_epochs: float = 0.0  #: linear warm-up from lr/25 (onecycle: the rising part)
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.3  #: each auxiliary classifier's loss weight (paper)
+    dropout: float = 0.4  #: main head (paper); the auxiliary heads use 0.7
+    ema_decay: float = 0.9998  #: Polyak averaging per step, warmed up as min(decay, (1+t)/(10+t))
+    min_area: float = 0.08  #: random crop area, fraction of the image
+    max_area: float = 1.0
+    min_aspect: float = 0.75
+    max_aspect: float = 1.3333333333333333
+    random_interpolation: bool = True  #: bilinear / area / nearest / cubic at random (paper)
+    flip: bool = True
+    brightness: float = 0.4  #: photometric distortions (0 = off)
+    contrast: float = 0.4
+    saturation: float = 0.4
+    precision: str = "auto"  #: auto | fp32 | bf16 | fp16 (see train.precision)
+    workers: int = 2  #: DataLoader worker processes decoding and augmenting
+    checkpoint_every: int = 200  #: steps between checkpoints (also at every epoch's end)
+
+
+@dataclass
 class EvalConfig:
     """How detections are scored."""
 
@@ -111,6 +152,7 @@ class Config:
     data: DatasetConfig = field(default_factory=DatasetConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

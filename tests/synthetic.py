@@ -109,3 +109,19 @@ def make_ilsvrc_dataset(
         (root / "ImageSets" / "DET").mkdir(parents=True, exist_ok=True)
         (root / "ImageSets" / "DET" / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def make_image_folder(root: str | Path, classes=("n01440764", "n02102040", "plain"), per_split=None,
+                      size=(40, 32), seed: int = 0) -> Path:
+    """Write an ImageFolder (``<root>/<split>/<class>/*.jpg``) whose classes differ in colour;
+    `per_split` maps split -> images per class (default train 6, val 2)."""
+    rng = np.random.default_rng(seed)
+    for split, count in (per_split or {"train": 6, "val": 2}).items():
+        for index, name in enumerate(classes):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = np.roll(np.array([210, 40, 40]), index)
+            for i in range(count):
+                pixels = np.clip(rng.normal(colour, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{i}.jpg", quality=90)
+    return Path(root)
