@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "proposals": ("proposals.cli", True, "extract selective-search proposals for a split; --report for recall"),
     "eval": ("detector.commands.eval", True, "score detections of a split (VOC / ILSVRC / COCO mAP) and write the report"),
     "report": ("detector.commands.report", False, "rebuild an evaluation report, or compare two runs' per-class AP"),
+    "pretrain": ("detector.commands.pretrain", True, "pre-train GoogLeNet as an image classifier on an ImageFolder"),
+    "classify": ("detector.commands.classify", True, "classify images, or score pre-trained weights with 1 / 10 / 144 crops"),
     "train": ("detector.commands.train", True, "fine-tune the GoogLeNet region classifier (R-CNN)"),
     "detect": ("detector.commands.detect", True, "detect objects in images (same as the `detect` command)"),
     "bench": ("detector.commands.bench", True, "measure speed and memory: proposals, classifier precisions, detection, training"),
