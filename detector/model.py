@@ -251,7 +251,7 @@ def imagenet_weights() -> dict[str, torch.Tensor]:
     chatter = io.StringIO()  # torch.hub prints "Downloading ..." on stdout; shown only on success
     try:
         with contextlib.redirect_stdout(chatter):
-            state = GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+            state = GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
     except Exception as exc:  # offline, proxy, corrupt download
         raise UserError(
             f"cannot load torchvision's ImageNet GoogLeNet weights ({type(exc).__name__}): put "
@@ -268,10 +268,9 @@ def _imagenet_state_dict(init: str) -> dict[str, torch.Tensor]:
     path = Path(init)
     if not path.is_file():
         raise UserError(f"model.init {init!r}: expected imagenet, random or a .pth file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a PyTorch weights file ({exc})") from None
+    from detector.checkpoint import read_weights_file  # checkpoint.py builds models from this module
+
+    state = read_weights_file(path, "PyTorch weights file")
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or "inception3a.branch1.conv.weight" not in state:
         raise UserError(f"{path}: does not hold torchvision GoogLeNet weights")

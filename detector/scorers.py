@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import googlenet
 
-from detector.checkpoint import load_checkpoint, model_from_checkpoint
+from detector.checkpoint import load_checkpoint, model_from_checkpoint, model_settings
 from detector.class_maps import map_imagenet_probs, target_class_names
 from detector.model import RegionClassifier, SharedFeatureClassifier, imagenet_weights
 from detector.precision import Precision, prepare_input, prepare_model
@@ -75,8 +75,8 @@ class FineTunedScorer(RegionScorer):
     @classmethod
     def from_checkpoint(cls, path: str) -> "FineTunedScorer":
         state = load_checkpoint(path)
-        model: RegionClassifier = model_from_checkpoint(state)
-        model_config = state.get("config", {}).get("model", {})
+        model: RegionClassifier = model_from_checkpoint(state, where=str(path))
+        model_config = model_settings(state, str(path))
         svm = SvmHead.from_state_dict(state["svm"]) if state.get("svm") else None
         roi_sides = (model_config.get("roi_short_side", 600), model_config.get("roi_max_side", 1000))
         return cls(model, list(state["classes"]), list(state.get("display_names", state["classes"])),

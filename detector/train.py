@@ -24,7 +24,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from detector.checkpoint import check_classes, inference_weights, load_checkpoint, save_checkpoint
+from detector.checkpoint import (check_classes, error_line, inference_weights, load_checkpoint, load_weights,
+                                 model_settings, require_keys, save_checkpoint)
 from detector.config import Config, TrainConfig, save_config
 from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
 from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
@@ -38,6 +39,8 @@ from proposals.cache import cached_proposals, default_cache_dir
 
 log = logging.getLogger(__name__)
 
+#: what a resumable checkpoint (checkpoints/last.pt) holds beyond the inference keys
+RESUME_KEYS = ("model", "classes", "optimizer", "scheduler", "rng", "iteration")
 LOG_FIELDS = ("iteration", "loss", "cls_loss", "box_loss", "aux_loss", "fg_accuracy", "lr", "regions_per_s")
 
 
@@ -119,20 +122,25 @@ class Trainer:
         check_writable(self.last_path.parent, "run directory")
 
     def _restore(self, state: dict) -> None:
-        check_classes(state, self.classes, str(self.last_path))
-        saved_model = state.get("config", {}).get("model", {})
+        where = str(self.last_path)
+        require_keys(state, RESUME_KEYS, where)
+        check_classes(state, self.classes, where)
+        saved_model = model_settings(state, where)
         if saved_model != dataclasses.asdict(self.config.model):
-            raise UserError(f"{self.last_path}: was trained with different model settings {saved_model}; "
+            raise UserError(f"{where}: was trained with different model settings {saved_model}; "
                             "resume with the same config or start a new output_dir")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None and state.get("ema_state") is not None:
-            self.ema.load_state_dict(state["ema_state"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.iteration = int(state["iteration"])
+        load_weights(self.model, state["model"], where, "the model this config describes")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None and state.get("ema_state") is not None:
+                self.ema.load_state_dict(state["ema_state"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            self.iteration = int(state["iteration"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise UserError(f"{where}: cannot resume from its training state ({error_line(exc)})") from None
         log.info("resumed %s at iteration %d", self.last_path, self.iteration)
 
     def state(self, rng_state: dict) -> dict:

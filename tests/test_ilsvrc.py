@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from configs import config_path
+from detector.checkpoint import load_checkpoint
 from detector.cli import main
 from detector.config import load_config
 from detector.ilsvrc import balanced_split, class_counts, ground_truth_only, main as split_main, relative_imbalance
@@ -132,7 +132,7 @@ def test_ilsvrc_recipe_end_to_end(devkit, tmp_path, capsys):
     stages = sorted(p.stem for p in (run / "stages").iterdir())
     assert stages == ["detect-val2", "evaluate-val2", "proposals-val1", "proposals-val2", "report", "train"]
     train = json.loads((run / "stages" / "train.json").read_text())
-    checkpoint = torch.load(run / train["info"]["folder"] / "model_final.pt", weights_only=False)
+    checkpoint = load_checkpoint(run / train["info"]["folder"] / "model_final.pt")
     assert checkpoint["config"]["train"]["extra_split"] == "train"
     # Other extra-box settings are another training (its key includes the selected boxes).
     assert main(args + ["--set", "train.extra_boxes_per_class=1", "--stages", "proposals"]) == 0

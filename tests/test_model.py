@@ -36,7 +36,7 @@ def test_local_imagenet_weights_are_loaded(tmp_path):
 
 def test_bad_init_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(UserError, match="junk.pth: not a PyTorch weights file"):
+    with pytest.raises(UserError, match="junk.pth: not a readable PyTorch weights file"):
         build_model(2, init=str(tmp_path / "junk.pth"))
     torch.save({"layer.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="other.pth: does not hold torchvision GoogLeNet weights"):
