@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,9 @@ def _read_cached(path: Path) -> ImageDetections | None:
     if not path.is_file():
         return None
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return ImageDetections(data["boxes"], data["scores"], data["labels"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("%s: unreadable cached detections (%s); recomputing", path, exc)
         return None
 
@@ -70,8 +71,8 @@ def detect_split(
 ) -> Detections:
     """Detections of this shard's images of `dataset` (all images when unsharded), cached per image."""
     if detector.classes != dataset.classes:
-        raise UserError(f"the model's classes {detector.classes[:5]}... do not match {dataset.name}'s "
-                        f"{dataset.classes[:5]}... ({len(detector.classes)} vs {len(dataset.classes)})")
+        raise UserError(f"{detector.scorers[0].name}: the model's classes {detector.classes[:5]}... do not match "
+                        f"{dataset.name}'s {dataset.classes[:5]}... ({len(detector.classes)} vs {len(dataset.classes)})")
     records = shard(dataset.records, shard_index, shard_count)
 
     def prepare(record: ImageRecord) -> tuple[Path, ImageDetections | tuple[np.ndarray, np.ndarray]]:

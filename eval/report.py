@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +79,13 @@ def load_report(path: str | Path) -> tuple[EvalResult, str, dict, dict]:
         raise UserError(f"{folder / 'metrics.json'}: not a metrics file written by write_report ({exc!r})") from None
     curves = folder / "curves.npz"
     if curves.is_file():
-        with np.load(curves) as arrays:
-            for i, name in enumerate(result.classes):
-                result.precision[name] = arrays[f"precision_{i}"]
-                result.recall[name] = arrays[f"recall_{i}"]
+        try:
+            with np.load(curves, allow_pickle=False) as arrays:
+                for i, name in enumerate(result.classes):
+                    result.precision[name] = arrays[f"precision_{i}"]
+                    result.recall[name] = arrays[f"recall_{i}"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise UserError(f"{curves}: not a curves file written by write_report ({exc!r})") from None
     return result, data.get("dataset", ""), data.get("settings", {}), data.get("timing", {})
 
 
