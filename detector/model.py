@@ -277,23 +277,31 @@ def _imagenet_state_dict(init: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_imagenet_trunk(model: RegionClassifier, init: str) -> None:
-    """Load ImageNet classification weights into the trunk; log missing/unexpected keys.
+#: torchvision GoogLeNet's classification layers, which detection replaces and never loads
+CLASSIFIER_PREFIXES = ("fc.", "aux1.fc2.", "aux2.fc2.")
 
-    The 1000-way layers (fc, aux fc2) are not loaded: their replacements start fresh.
+
+def load_imagenet_trunk(model: RegionClassifier, init: str) -> list[str]:
+    """Load classification weights (torchvision ImageNet ones, or ``rcnn pretrain``'s export)
+    into the trunk, log what was skipped, and return the trunk keys left at their fresh init.
+
+    The classification layers (fc, aux fc2: CLASSIFIER_PREFIXES) are never loaded: their
+    detection replacements start fresh, whatever the number of classes.
     """
     state = _imagenet_state_dict(init)
     own = model.trunk.state_dict()
-    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    compatible = {k: v for k, v in state.items()
+                  if k in own and own[k].shape == v.shape and not k.startswith(CLASSIFIER_PREFIXES)}
     result = model.trunk.load_state_dict(compatible, strict=False)
     skipped = sorted(set(state) - set(compatible))
-    log.info("loaded %d ImageNet tensors into the GoogLeNet trunk", len(compatible))
+    log.info("loaded %d classification tensors into the GoogLeNet trunk from %s", len(compatible), init)
     if skipped:
         log.info("not loaded (unexpected or replaced head): %s", ", ".join(skipped))
     if result.missing_keys:
         log.info("missing, freshly initialised: %s", ", ".join(result.missing_keys))
     if len(compatible) < 100:
         raise UserError(f"model.init {init}: only {len(compatible)} tensors match GoogLeNet; wrong file?")
+    return result.missing_keys
 
 
 def build_model(num_classes: int, init: str = "random", aux_classifiers: bool = True, dropout: float = 0.4,
