@@ -25,7 +25,8 @@ from proposals.config import ProposalConfig
 class ModelConfig:
     """The GoogLeNet region classifier."""
 
-    init: str = "imagenet"  #: imagenet | random | path to a .pth of torchvision GoogLeNet weights
+    #: imagenet | random | pretrain (this run's `rcnn pretrain` export) | a .pth of torchvision GoogLeNet weights
+    init: str = "imagenet"
     mode: str = "crop"  #: crop (R-CNN warped regions) | roi (shared trunk features, RoIAlign; see roi_layer)
     input_size: int = 224  #: warped region side (pixels)
     context_pad: int = 16  #: context pixels around each region at the warped size (R-CNN)

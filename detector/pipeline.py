@@ -2,9 +2,13 @@
 
 ::
 
+    [pretrain] ─┐
     proposals-<split> ─► train ─► detect-<split> ─► evaluate-<split> ─► report
     (train split and        (SVMs too when        (every split of eval.splits, default data.test_split;
      every eval split)       train.classifier=svm) ensembles: each member and the fused model)
+
+``pretrain`` runs when ``model.init: pretrain``: classification pre-training on the ImageFolder
+``pretrain.root`` (keyed by its settings and every image's bytes), whose export initialises training.
 
 A stage unit is complete when ``stages/<unit>.json``, written atomically after its outputs,
 records the key of its inputs and the SHA-1 of each output file. The key hashes the settings
@@ -18,6 +22,7 @@ are cached per image, so their units resume image by image.
 Run folder::
 
     config.yaml  run.log  stages/*.json  report.md  summary.json
+    pretrain/<key>/                   model.init=pretrain: googlenet.pth + .json, checkpoints/, pretrain_log.csv
     proposals/                        proposal cache (unless proposals.cache_dir)
     train/<key>/                      checkpoints/last.pt, model_final.pt, train_log.csv, train_curve.png, config.yaml
     detections/<key>/                 per-image detection cache
@@ -30,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -55,12 +61,14 @@ from proposals.extract import extract, shard
 
 log = logging.getLogger(__name__)
 
-STAGES = ("proposals", "train", "detect", "evaluate", "report")
+STAGES = ("pretrain", "proposals", "train", "detect", "evaluate", "report")
 SHARDABLE = ("proposals", "detect")
 MIN_FREE_BYTES = 512 * 2**20  #: refuse to start with less free space in the run folder
 #: Training settings that do not change the trained weights (left out of the train key).
 TRAIN_BOOKKEEPING = ("checkpoint_every", "log_every", "workers", "val_every", "val_images",
                      "extra_split", "extra_boxes_per_class")
+#: Pre-training settings that do not change the weights (the data enters the key by content).
+PRETRAIN_BOOKKEEPING = ("root", "workers", "checkpoint_every")
 
 
 def content_key(*parts: Any) -> str:
@@ -255,6 +263,39 @@ class Pipeline:
         return {"images": len(results), "computed": computed,
                 "boxes_per_image": round(sum(r.n_boxes for r in results) / max(1, len(results)), 1)}
 
+    # ----------------------------------------------------------------- pre-training
+
+    @functools.cached_property
+    def pretrain_key(self) -> str:
+        """Key of the classification weights: pre-training settings, seed, every image's bytes."""
+        from eval.imagefolder import read_image_folder
+
+        settings = self.config.pretrain
+        train = read_image_folder(settings.root, settings.train_split)
+        val = read_image_folder(settings.root, settings.val_split, train.classes)
+        digest = hashlib.sha1(json.dumps(train.classes).encode())
+        for path, label in train.samples + val.samples:
+            digest.update(f"{path.parent.parent.name}/{path.name}\0{label}\0{file_digest(path, length=40)}".encode())
+        kept = {k: v for k, v in dataclasses.asdict(settings).items() if k not in PRETRAIN_BOOKKEEPING}
+        return content_key(kept, self.config.seed, digest.hexdigest())
+
+    def pretrained(self) -> Manifest | None:
+        """The pre-training unit when model.init is ``pretrain``, else None."""
+        if self.config.model.init != "pretrain":
+            return None
+        key = self.pretrain_key
+        return self._unit("pretrain", "pretrain", key, lambda: self._pretrain(self.folder.root / "pretrain" / key))
+
+    def _pretrain(self, folder: Path) -> tuple[list[Path], dict]:
+        from detector.pretrain import pretrain
+
+        resume = (folder / "checkpoints" / "last.pt").is_file()
+        exported = pretrain(self.config, resume, folder)
+        metrics = json.loads(exported.with_suffix(".json").read_text())["metrics"]
+        return [exported, exported.with_suffix(".json")], {
+            "folder": str(folder.relative_to(self.folder.root)), "resumed": resume,
+            "epochs": self.config.pretrain.epochs, **{k: v for k, v in metrics.items() if k != "epoch"}}
+
     # ----------------------------------------------------------------- training
 
     def train_key(self) -> str:
@@ -267,8 +308,10 @@ class Pipeline:
 
             records = ground_truth_only(config)
             extra = fingerprint(records, config.train.extra_split, self.dataset(config.data.train_split).classes)
+        pretrained = self.pretrained()
         return content_key(dataclasses.asdict(config.model), train, config.seed,
-                           self.proposals_key(config.data.train_split), extra)
+                           self.proposals_key(config.data.train_split), extra,
+                           pretrained.outputs if pretrained else None)
 
     def trained(self) -> Manifest | None:
         key = self.train_key()
@@ -276,7 +319,13 @@ class Pipeline:
 
     def _train(self, folder: Path) -> tuple[list[Path], dict]:
         resume = (folder / "checkpoints" / "last.pt").is_file()
-        final = train_model(dataclasses.replace(self.config, output_dir=str(folder)), resume)
+        config = dataclasses.replace(self.config, output_dir=str(folder))
+        pretrained = self.pretrained()
+        if pretrained is not None:
+            exported = next(p for p in pretrained.outputs if p.endswith(".pth"))
+            config = dataclasses.replace(config, model=dataclasses.replace(
+                config.model, init=str(self.folder.root / exported)))
+        final = train_model(config, resume)
         return [final], {"folder": str(folder.relative_to(self.folder.root)), "resumed": resume,
                          "iterations": self.config.train.iterations}
 
@@ -315,7 +364,7 @@ class Pipeline:
             check_run_folder(config.run_dir)
             if self.is_main:
                 save_config(config, config.run_dir / "config.yaml")
-            stages = tuple(s for s in self.stages if s in ("proposals", "train"))
+            stages = tuple(s for s in self.stages if s in ("pretrain", "proposals", "train"))
             pipelines.append(Pipeline(config, stages, workers=self.workers))
         return pipelines
 
@@ -394,6 +443,8 @@ class Pipeline:
         """Run (or reuse) every unit the selected stages need, in order; the report manifest, or
         None when the selection stops earlier."""
         config = self.config
+        if "pretrain" in self.stages and not config.ensemble:
+            self.pretrained()
         if "proposals" in self.stages:
             splits = self.eval_splits if config.ensemble else [config.data.train_split, *self.eval_splits]
             for split in dict.fromkeys(splits):
@@ -478,6 +529,6 @@ def check_stage_selection(stages: tuple[str, ...], shard: tuple[int, int]) -> No
         raise UserError(f"--stages {','.join(stages)}: expected some of {', '.join(STAGES)}")
     if shard[1] > 1 and set(stages) - set(SHARDABLE):
         raise UserError(f"--shard runs only the {' and '.join(SHARDABLE)} stages; pass --stages proposals detect")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and set(stages) != {"train"}:
-        raise UserError("under torchrun only training is distributed: pass --stages train "
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and set(stages) not in ({"train"}, {"pretrain"}):
+        raise UserError("under torchrun only training is distributed: pass --stages pretrain or --stages train "
                         "(shard proposals and detection with --shard i/n)")

@@ -38,7 +38,7 @@ from torchvision.models import GoogLeNet, googlenet
 from tqdm import tqdm
 
 from detector.augment import TrainAugment, center_crop, read_rgb
-from detector.checkpoint import load_checkpoint, save_checkpoint
+from detector.checkpoint import error_line, load_checkpoint, read_weights_file, save_checkpoint
 from detector.config import Config, PretrainConfig, save_config
 from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
 from detector.model import PIXEL_MEAN, PIXEL_STD
@@ -213,14 +213,14 @@ def evaluate_top_k(model: nn.Module, loader: DataLoader, precision: Precision) -
 class Pretrainer:
     """Owns the classifier, optimiser, EMA and run folder of one pre-training run."""
 
-    def __init__(self, config: Config, context: DistContext, resume: bool = False) -> None:
+    def __init__(self, config: Config, context: DistContext, resume: bool = False, folder: Path | None = None) -> None:
         self.config, self.context = config, context
         self.settings = settings = config.pretrain
         if settings.schedule not in SCHEDULES:
             raise UserError(f"pretrain.schedule {settings.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if not settings.root:
             raise UserError("pretrain.root: set it to an ImageFolder (<root>/train/<class>/*, <root>/val/<class>/*)")
-        self.run_dir = config.run_dir / "pretrain"
+        self.run_dir = folder or pretrain_folder(config)
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self.train_folder = read_image_folder(settings.root, settings.train_split)
         self.val_folder = read_image_folder(settings.root, settings.val_split, self.train_folder.classes)
@@ -423,11 +423,11 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file() or not meta_path.is_file():
         raise UserError(f"{path}: classifier weights need the file and its metadata {meta_path.name} "
                         "(written by rcnn pretrain)")
+    weights = read_weights_file(path, "classifier weights file")
     try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
         metadata = json.loads(meta_path.read_text())
-    except Exception as exc:
-        raise UserError(f"{path}: not readable classifier weights ({type(exc).__name__})") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{meta_path}: not readable JSON metadata ({error_line(exc)})") from None
     if not isinstance(weights, dict) or not isinstance(metadata, dict) or "classes" not in metadata:
         raise UserError(f"{path}: not classifier weights written by rcnn pretrain")
     return weights, metadata
@@ -494,12 +494,28 @@ def plot_pretrain_curve(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
-def pretrain(config: Config, resume: bool = False) -> Path:
-    """Pre-train per `config.pretrain` (resuming from the run's last checkpoint if asked); returns
-    the exported weights' path."""
+def pretrain_folder(config: Config) -> Path:
+    """Where ``rcnn pretrain`` writes: <output_dir>/pretrain."""
+    return config.run_dir / "pretrain"
+
+
+def pretrain(config: Config, resume: bool = False, folder: Path | None = None) -> Path:
+    """Pre-train per `config.pretrain` in `folder` (default pretrain_folder), resuming from its
+    last checkpoint if asked; returns the exported weights' path."""
     context = init_distributed()
     torch.manual_seed(config.seed)
     try:
-        return Pretrainer(config, context, resume).run()
+        return Pretrainer(config, context, resume, folder).run()
     finally:
         shutdown(context)
+
+
+def resolve_init(config: Config) -> str:
+    """model.init with ``pretrain`` replaced by this run's export (<output_dir>/pretrain/googlenet.pth)."""
+    if config.model.init != "pretrain":
+        return config.model.init
+    exported = pretrain_folder(config) / EXPORT_NAME
+    if not exported.is_file():
+        raise UserError(f"model.init pretrain: {exported} does not exist; run `rcnn pretrain` with this config "
+                        "first, or give the weights' path")
+    return str(exported)

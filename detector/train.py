@@ -31,6 +31,7 @@ from detector.distributed import DistContext, barrier, device_for, init_distribu
 from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
 from detector.model import RegionClassifier, RegionOutputs, build_model
 from detector.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
+from detector.pretrain import resolve_init
 from detector.svm import SvmHead, collect_features, train_svm_head
 from eval.atomic import atomic_path, check_writable, write_text
 from eval.datasets import Dataset, load_dataset
@@ -87,7 +88,7 @@ class Trainer:
         if config.train.classifier == "svm" and config.model.mode != "crop":
             raise UserError("train.classifier svm works on warped regions: set model.mode=crop")
         self._check_run_dir(resume)
-        init = "random" if resume else config.model.init
+        init = "random" if resume else resolve_init(config)
         m = config.model
         model = build_model(len(self.classes), init, m.aux_classifiers, m.dropout, m.mode, m.roi_layer)
         self.model: RegionClassifier = prepare_model(model, self.precision)
