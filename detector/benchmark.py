@@ -16,6 +16,10 @@ Sections and their baselines:
   preset, ensemble of 3, and the shared-feature (roi) mode at each ``model.roi_layer``.
 - ``training``: regions/s of an SGD step (aux heads on); baseline fp32.
 - ``memory``: peak RSS of the process (MiB) while detecting one image (baseline) or training a step.
+- ``pretrain``: images/s of classification pre-training (pretrain.input_size, batch_size): the
+  network's SGD step at the training precision (baseline), fp32, and the data loader alone
+  (decode + augmentation, pretrain.workers processes and none) on pretrain.root's training split
+  (a generated 224x224 ImageFolder when it has none). Target: loader >= 1.5x the network.
 """
 from __future__ import annotations
 
@@ -59,8 +63,9 @@ PROPOSAL_CASES = (("opencv-fast", "rcnn", False), ("opencv-fast", "googlenet", F
                   ("opencv-quality", "rcnn", True), ("selectivesearch", "rcnn", True))
 AUTOCAST_NAMES = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 AMP"}
 #: --quick caps: regions per forward pass, proposals per image, regions per training step, repeats
-SECTIONS = ("proposals", "memory", "classifier", "detect", "training")
-QUICK = {"batch_size": 8, "max_proposals": 16, "train_batch": 8, "repeats": 2}
+SECTIONS = ("proposals", "memory", "classifier", "detect", "training", "pretrain")
+LOADER_TARGET = 1.5  #: issue 13: the pre-training loader delivers >= 1.5x the network's images/s
+QUICK = {"batch_size": 8, "max_proposals": 16, "train_batch": 8, "repeats": 2, "pretrain_batch": 16}
 
 
 @dataclass
@@ -72,6 +77,7 @@ class BenchSettings:
     batch_size: int = 64  #: regions per batched forward pass
     max_proposals: int = 2000  #: proposals per image in the detect section (rcnn preset)
     train_batch: int = 128  #: regions per training minibatch
+    pretrain_batch: int = 64  #: images per pre-training step
     repeats: int = 5  #: timed runs per measurement (the median is reported)
     warmup: int = 1  #: untimed runs before them
     quick: bool = False  #: skip the slow proposal backends
@@ -84,7 +90,8 @@ class BenchSettings:
         """Sizes from `config` (model.input_size, test.batch_size, proposals.max_boxes,
         train.regions_per_batch), capped by :data:`QUICK` when `quick`; `overrides` win."""
         sizes = {"batch_size": config.test.batch_size, "max_proposals": config.proposals.max_boxes,
-                 "train_batch": config.train.regions_per_batch, "repeats": cls.repeats}
+                 "train_batch": config.train.regions_per_batch, "repeats": cls.repeats,
+                 "pretrain_batch": config.pretrain.batch_size}
         if quick:
             sizes = {key: min(value, QUICK[key]) for key, value in sizes.items()}
         settings = cls(crop_size=config.model.input_size, context_pad=config.model.context_pad, quick=quick, **sizes)
@@ -468,6 +475,71 @@ def bench_training(model: RegionClassifier, crops: torch.Tensor, train: TrainCon
     return rows
 
 
+def bench_pretrain(config: Config, settings: BenchSettings) -> list[Row]:
+    """Pre-training images/s: the network's step (classifier, aux losses, SGD, EMA) at the
+    configured precision (baseline) and fp32, and the DataLoader alone with pretrain.workers
+    worker processes and with none."""
+    import tempfile
+
+    from detector.pretrain import (ClassificationSamples, EpochBatches, ModelEma, build_classifier,
+                                   classification_loss, make_loader, normalise)
+    from detector.augment import TrainAugment
+    from detector.distributed import DistContext
+    from eval.imagefolder import read_image_folder
+
+    pretrain, device = config.pretrain, torch.device(settings.device)
+    size, batch = pretrain.input_size, settings.pretrain_batch
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(batch) % 10
+    configured = resolve_precision(pretrain.precision, device)
+    rows = []
+    for precision in [configured] + ([Precision(device, None)] if configured.dtype is not None else []):
+        model = prepare_model(build_classifier(10), precision).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        ema = ModelEma(model, pretrain.ema_decay)
+
+        def step() -> None:
+            with precision.autocast():
+                outputs = model(normalise(images, precision))
+            loss = classification_loss(outputs, labels.to(device), pretrain)[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ema.update(model)
+
+        seconds = median_seconds(step, settings.repeats, settings.warmup, device)
+        rows.append(Row("pretrain", f"network step, {precision.description}, {batch} x {size} px", batch / seconds,
+                        "images/s", baseline=not rows))
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(pretrain.root) if pretrain.root and (Path(pretrain.root) / pretrain.train_split).is_dir() else None
+        folder = read_image_folder(root or _generated_image_folder(Path(scratch)), pretrain.train_split if root else "train")
+        samples = ClassificationSamples(folder, TrainAugment(size, pretrain.min_area, pretrain.max_area), config.seed)
+        steps = max(2, min(len(folder) // batch, 8 * settings.repeats))
+        for workers in dict.fromkeys((pretrain.workers, 0)):
+            loader = make_loader(samples, EpochBatches(len(folder), batch, 0, 0, DistContext()), workers, 0)
+            iterator = iter(loader)
+            next(iterator)  # workers started, first batch made
+            start, count = time.perf_counter(), 0
+            for _, (batch_images, _) in zip(range(steps - 1), iterator):
+                count += len(batch_images)
+            note = f"{folder.root}; target >= {LOADER_TARGET}x the network" if workers == pretrain.workers else str(folder.root)
+            rows.append(Row("pretrain", f"data loader alone, {workers} worker processes", count / (time.perf_counter() - start),
+                            "images/s", note=note))
+    return rows
+
+
+def _generated_image_folder(root: Path, count: int = 160) -> Path:
+    """A 224x224 JPEG ImageFolder of noise (Imagenette's size) for timing the loader."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        folder = root / "train" / f"class{index % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(folder / f"{index}.jpg", quality=90)
+    return root
+
+
 # ----------------------------------------------------------------------------- memory
 
 
@@ -499,6 +571,19 @@ def run_benchmark(images: dict[str, np.ndarray], config: Config, settings: Bench
     if "proposals" in wanted:
         log("proposals")
         rows += bench_proposals(pictures, config.proposals, settings)
+    if set(wanted) & {"memory", "classifier", "detect", "training"}:  # memory first: peak RSS only grows
+        rows += _region_sections(pictures, config, settings, log)
+    if "pretrain" in wanted:
+        log("pre-training")
+        rows += bench_pretrain(config, settings)
+    return BenchReport(environment(torch.device(settings.device)), dataclasses.asdict(settings), list(images),
+                       add_ratios(rows))
+
+
+def _region_sections(pictures: list[np.ndarray], config: Config, settings: BenchSettings,
+                     log: Callable[[str], None]) -> list[Row]:
+    """The sections that score regions of the first image: memory, classifier, detect, training."""
+    wanted, rows = settings.sections, []
     boxes = propose_with_config(pictures[0], _proposal_config(config, settings))
     crops = crops_from(pictures[0], boxes, settings.batch_size, settings.crop_size, settings.context_pad)
     train_crops = crops_from(pictures[0], boxes, settings.train_batch, settings.crop_size, settings.context_pad)
@@ -520,9 +605,7 @@ def run_benchmark(images: dict[str, np.ndarray], config: Config, settings: Bench
     if "training" in wanted:
         log("training")
         rows += bench_training(model, train_crops, config.train, settings)
-    rows += memory
-    return BenchReport(environment(torch.device(settings.device)), dataclasses.asdict(settings), list(images),
-                       add_ratios(rows))
+    return rows + memory
 
 
 def _number(value: float) -> str:

@@ -14,7 +14,8 @@ from detector.cli import main
 
 TINY = ["--set", "model.input_size=32", "--set", "model.context_pad=2", "--set", "test.batch_size=2",
         "--set", "proposals.max_boxes=8", "--set", "train.regions_per_batch=4", "--set", "model.roi_short_side=64",
-        "--set", "model.roi_max_side=96", "--repeats", "1"]
+        "--set", "model.roi_max_side=96", "--set", "pretrain.input_size=32", "--set", "pretrain.precision=bf16",
+        "--repeats", "1"]
 ROWS = [
     ("proposals", "opencv-fast, rcnn preset"),
     ("proposals", "opencv-fast, googlenet preset"),
@@ -26,11 +27,20 @@ ROWS = [
                    "ensemble of 3, rcnn preset",
                    "roi 4e, 64 px, rcnn preset", "roi 5b, 64 px, rcnn preset", "roi 5b-dilated, 64 px, rcnn preset")
       for stage in ("total", "proposals", "regions", "postprocess")],
+]
+TRAINING_AND_MEMORY = [
     ("training", "fp32, channels_last on cpu, minibatch 4"),
     ("training", "bf16 autocast, channels_last on cpu, minibatch 4"),
     ("memory", "peak RSS, detect one image (1 model)"),
     ("memory", "peak RSS, fp32 training step, minibatch 4"),
 ]
+PRETRAIN = [
+    ("pretrain", "network step, bf16 autocast, channels_last on cpu, 16 x 32 px"),
+    ("pretrain", "network step, fp32, channels_last on cpu, 16 x 32 px"),
+    ("pretrain", "data loader alone, 2 worker processes"),
+    ("pretrain", "data loader alone, 0 worker processes"),
+]
+ROWS += TRAINING_AND_MEMORY + PRETRAIN
 
 
 def test_quick_bench_table_and_json(tmp_path, capsys):
@@ -53,7 +63,7 @@ def test_quick_bench_table_and_json(tmp_path, capsys):
             assert row.ratio == 1.0
     baselines = {(row.group or row.section) for row in report.rows if row.baseline}
     assert baselines == {"proposals", "classifier", "training", "memory", "detect total", "detect proposals",
-                         "detect regions", "detect postprocess"}
+                         "detect regions", "detect postprocess", "pretrain"}
     fast = [row for row in report.rows if row.section == "classifier" and not row.baseline]
     assert all(0 <= row.extra["top1_agreement"] <= 1 and row.extra["max_abs_diff"] >= 0 for row in fast)
     assert BenchReport.from_json(report.to_json()) == report
@@ -65,8 +75,20 @@ def test_sections_select_the_rows(tmp_path, capsys):
     assert main(["bench", "--quick", "--device", "cpu", "--image", str(image), "--sections", "training", "memory", *TINY]) == 0
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| section")]
-    assert [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table] == ROWS[-4:]
+    assert [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table] == TRAINING_AND_MEMORY
     assert "sections: training memory" in out
+
+
+def test_pretrain_section_times_the_network_and_the_loader(tmp_path, capsys):
+    from tests.synthetic import make_image_folder
+
+    root = make_image_folder(tmp_path / "folder", per_split={"train": 12})
+    assert main(["bench", "--quick", "--device", "cpu", "--sections", "pretrain", "--set", f"pretrain.root={root}",
+                 "--json", str(tmp_path / "bench.json"), *TINY]) == 0
+    report = BenchReport.from_json((tmp_path / "bench.json").read_text())
+    assert [(row.section, row.name) for row in report.rows] == PRETRAIN
+    loader = report.rows[2]
+    assert loader.note.startswith(f"{root / 'train'}; target >= 1.5x") and loader.ratio == loader.value / report.rows[0].value
 
 
 def test_ratios_are_relative_to_the_group_baseline():
