@@ -38,7 +38,8 @@ from torchvision.models import GoogLeNet, googlenet
 from tqdm import tqdm
 
 from detector.augment import TrainAugment, center_crop, read_rgb
-from detector.checkpoint import error_line, load_checkpoint, read_weights_file, save_checkpoint
+from detector.checkpoint import (error_line, load_checkpoint, load_weights, read_weights_file, require_keys,
+                                 save_checkpoint)
 from detector.config import Config, PretrainConfig, save_config
 from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
 from detector.model import PIXEL_MEAN, PIXEL_STD
@@ -49,6 +50,8 @@ from eval.imagefolder import ImageFolder, read_image_folder
 
 log = logging.getLogger(__name__)
 
+#: what a resumable pre-training checkpoint holds
+RESUME_KEYS = ("model", "ema", "optimizer", "epoch", "step_in_epoch", "rng", "classes", "config")
 EXPORT_NAME = "googlenet.pth"  #: the exported weights in <run>/pretrain/ (metadata: googlenet.json)
 LOG_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
               "ema_val_loss", "ema_top1", "ema_top5", "images_per_s", "seconds")
@@ -275,19 +278,23 @@ class Pretrainer:
         where = str(self.last_path)
         if state.get("kind") != "pretrain":
             raise UserError(f"{where}: not a pre-training checkpoint")
-        if list(state["classes"]) != self.train_folder.classes:
+        require_keys(state, RESUME_KEYS, where)
+        if state["classes"] != self.train_folder.classes:
             raise UserError(f"{where}: trained on classes {state['classes'][:5]}..., the ImageFolder has "
                             f"{self.train_folder.classes[:5]}...; resume on the same data or start a new output_dir")
-        saved = state["config"]["pretrain"]
+        saved = state["config"].get("pretrain", {}) if isinstance(state["config"], dict) else {}
         for key in ("input_size", "batch_size", "epochs", "schedule", "dropout"):
             if saved.get(key) != getattr(self.settings, key):
                 raise UserError(f"{where}: was trained with pretrain.{key}={saved.get(key)!r}, the config says "
                                 f"{getattr(self.settings, key)!r}; resume with the same settings")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        load_weights(self.model, state["model"], where, "the GoogLeNet classifier this config describes")
+        try:
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{where}: cannot resume from its training state ({error_line(exc)})") from None
         log.info("resumed %s at epoch %d, step %d", self.last_path, self.epoch, self.step_in_epoch)
 
     def save(self) -> None:

@@ -238,3 +238,20 @@ def test_model_init_pretrain_needs_the_export(tiny_voc, tmp_path):
     config = load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "model.init=pretrain"])
     with pytest.raises(UserError, match="pretrain/googlenet.pth does not exist; run `rcnn pretrain`"):
         train(config)
+
+
+def test_a_damaged_resume_checkpoint_is_one_line(image_folder, tmp_path):
+    from detector.checkpoint import load_checkpoint, save_checkpoint
+
+    config = pretrain_config(image_folder, tmp_path / "run", "pretrain.epochs=1")
+    pretrain(config)
+    last = tmp_path / "run" / "pretrain" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("inception5b.")}
+    save_checkpoint(last, state)
+    with pytest.raises(UserError, match=r"last.pt: weights do not fit the GoogLeNet classifier .* missing"):
+        pretrain(config, resume=True)
+    del state["optimizer"]
+    save_checkpoint(last, state)
+    with pytest.raises(UserError, match="last.pt: checkpoint lacks optimizer"):
+        pretrain(config, resume=True)
