@@ -1,7 +1,7 @@
 """Experiment configuration: dataclasses loaded from YAML, overridable with ``--set a.b=value``.
 
-A config file may name a ``base:`` file (relative to itself or a shipped config name) whose
-values it overrides. Unknown keys and values of the wrong type are errors naming the key.
+A config file may name a ``base:`` file, or a list of them applied in order (relative to itself
+or shipped config names), whose values it overrides. Unknown keys and values of the wrong type are errors naming the key.
 """
 from __future__ import annotations
 
@@ -246,8 +246,11 @@ def _apply_file(config: Config, path: Path, seen: tuple[Path, ...] = ()) -> Conf
     if path.resolve() in seen:
         raise UserError(f"{path}: circular `base:` chain")
     data = _read_yaml(path)
-    base = data.pop("base", None)
-    if base is not None:
+    bases = data.pop("base", None)
+    bases = bases if isinstance(bases, list) else [] if bases is None else [bases]
+    if not all(isinstance(base, str) for base in bases):
+        raise UserError(f"{path}: `base:` must be a config name or file, or a list of them")
+    for base in bases:
         config = _apply_file(config, resolve_config_file(base, path.parent), seen + (path.resolve(),))
     return _merge(config, data)
 

@@ -53,6 +53,16 @@ def test_base_inheritance_and_errors(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(UserError, match="no such file"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "numbers.yaml").write_text("base: [1, 2]\n")
+    with pytest.raises(UserError, match="numbers.yaml: `base:` must be"):
+        load_config(tmp_path / "numbers.yaml")
+
+
+def test_a_list_of_bases_applies_in_order():
+    both = load_config("animals_voc_imagenette")
+    assert both.name == "animals_voc_imagenette" and both.model.init == "pretrain"
+    assert both.data.classes == ["raccoon", "kangaroo"] and both.model.roi_layer == "5b-dilated"  # animals_voc
+    assert both.pretrain.input_size == 128 and both.pretrain.schedule == "onecycle"  # imagenette
 
 
 def test_saved_config_reloads_identically(tmp_path):
