@@ -56,6 +56,7 @@ class ImageRecord:
     labels: np.ndarray
     ignore: np.ndarray
     coco_id: int | None = None  #: the integer id of COCO images (for results JSON)
+    list_index: int | None = None  #: ILSVRC DET: the image's index in the split list (submission files)
 
 
 @dataclass
@@ -140,11 +141,27 @@ def _sanitize_boxes(
     return ~degenerate
 
 
-def _read_split_file(path: Path) -> list[str]:
-    """First token of every non-empty line of an ImageSets split file."""
+def _split_lines(path: Path) -> list[str]:
+    """The non-empty lines of an ImageSets split file."""
     if not path.is_file():
         raise AnnotationError(f"{path}: split file not found")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_split_file(path: Path) -> list[str]:
+    """First token of every non-empty line of an ImageSets split file."""
+    return [line.split()[0] for line in _split_lines(path)]
+
+
+def _read_indexed_split_file(path: Path) -> list[tuple[str, int]]:
+    """(name, index) of every non-empty line of an ILSVRC DET split list ``name [index]``: the
+    second column (the devkit's image index), else the 1-based position among those lines."""
+    entries = []
+    for name, *rest in (line.split() for line in _split_lines(path)):
+        if rest and not rest[0].isdecimal():
+            raise AnnotationError(f"{path}: image {name!r} has index {rest[0]!r}, expected a whole number")
+        entries.append((name, int(rest[0]) if rest else len(entries) + 1))
+    return entries
 
 
 def _check_root(root: str, what: str) -> Path:
@@ -253,10 +270,12 @@ def read_ilsvrc_det(config: DatasetConfig, split: str) -> Dataset:
     index = {wnid: i for i, wnid in enumerate(classes)}
     subset = ilsvrc_subset(split)
     records = []
-    for rel in _read_split_file(root / "ImageSets" / "DET" / f"{split}.txt"):
+    for rel, list_index in _read_indexed_split_file(root / "ImageSets" / "DET" / f"{split}.txt"):
         image_path = root / "Data" / "DET" / subset / f"{rel}.JPEG"
         xml_path = root / "Annotations" / "DET" / subset / f"{rel}.xml"
-        records.append(_xml_record(rel, xml_path, image_path, index, config))
+        record = _xml_record(rel, xml_path, image_path, index, config)
+        record.list_index = list_index
+        records.append(record)
     return Dataset(name=f"ILSVRC-DET/{split}", classes=classes, display_names=names, records=records)
 
 

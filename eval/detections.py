@@ -1,5 +1,7 @@
 """Detections: the per-image result type, its results file, validation and COCO results JSON.
 
+Other tools' result formats (COCO, VOC devkit, ILSVRC, ultralytics) are in eval.result_formats.
+
 A results file holds the detections of one split for one class list, so that scoring it against
 another split or class list fails with a clear message instead of a meaningless mAP. Two formats,
 chosen by suffix: ``.json`` (readable, for small sets and other tools) and anything else as a
@@ -209,11 +211,23 @@ def coco_ids(dataset: Dataset) -> tuple[list[int], list[int]]:
     return image_ids, list(category_ids)
 
 
-def to_coco_results(dets: Detections, dataset: Dataset) -> list[dict]:
+def results_image_ids(dataset: Dataset) -> list[int | str]:
+    """The image_id of each record in COCO results files: COCO's own id on COCO data, else the
+    dataset's image id, as a number where it is one (``000005`` -> 5, ultralytics' rule)."""
+    return [
+        r.coco_id if r.coco_id is not None else int(r.image_id) if r.image_id.isdecimal() else r.image_id
+        for r in dataset.records
+    ]
+
+
+def to_coco_results(dets: Detections, dataset: Dataset, image_ids: list[int | str] | None = None) -> list[dict]:
     """COCO results JSON entries ``{image_id, category_id, bbox: [x, y, w, h], score}``, one per
     detection, ready for ``COCO.loadRes``. Detections must have passed validate_detections.
+
+    `image_ids` gives each record's image_id (default: coco_ids, as COCOeval here scores them).
     """
-    image_ids, category_ids = coco_ids(dataset)
+    numbered, category_ids = coco_ids(dataset)
+    image_ids = numbered if image_ids is None else image_ids
     image_id_of = {r.image_id: coco_id for r, coco_id in zip(dataset.records, image_ids)}
     category_of = np.array(category_ids, dtype=np.int64)
     results: list[dict] = []

@@ -1,0 +1,427 @@
+"""Detection results in the formats of other tools and evaluation servers, read and written.
+
+========  ==============================================  ===============================================
+format    layout                                          ids and coordinates
+========  ==============================================  ===============================================
+rcnn      this project's ``.npz`` / ``.json``             split and class list stored and checked
+          (eval.detections)
+coco      one JSON list of ``{"image_id", "category_id",  COCO data: COCO's ids. Other data: image_id is
+          "bbox": [x, y, w, h], "score"}``                the image id (a number where it is one),
+                                                          category_id the 1-based class index; pixels
+voc       one file per class, ``<comp>_det_<split>_       1-based inclusive pixels (the devkit's)
+          <class>.txt``, lines ``image_id score xmin
+          ymin xmax ymax``
+ilsvrc    one file, lines ``image_index class_index       image_index: the image's index in the split
+          score xmin ymin xmax ymax``                     list (its second column, else its 1-based
+                                                          line); class_index 1-based; 1-based inclusive
+yolo      ``labels/<image file stem>.txt``, lines         0-based class; box centre and size divided by
+          ``class cx cy w h conf`` (ultralytics predict   the image width and height
+          with ``save_txt=True, save_conf=True``)
+========  ==============================================  ===============================================
+
+Inside, boxes are float32 ``xyxy`` in continuous pixels (see eval.boxes). Numbers are written in
+their shortest exact form, so a file read back holds the same detections; an image without
+detections has no lines (no label file for yolo).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torchvision.ops import box_convert
+
+from eval.atomic import write_text
+from eval.boxes import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc
+from eval.datasets import Dataset
+from eval.detections import (
+    Detections, ImageDetections, coco_ids, load_detections, results_image_ids, to_coco_results,
+    validate_detections,
+)
+from eval.errors import UserError
+
+READ_FORMATS = ("rcnn", "coco", "voc", "ilsvrc", "yolo")
+SAVE_FORMATS = ("coco", "voc", "ilsvrc", "yolo")
+VOC_LAYOUT = "image_id score xmin ymin xmax ymax"
+ILSVRC_LAYOUT = "image_index class_index score xmin ymin xmax ymax"
+YOLO_LAYOUT = "class cx cy w h conf"
+
+
+def split_of(dataset: Dataset) -> str:
+    """The split part of a Dataset.name (``VOC2007/test`` -> ``test``)."""
+    return dataset.name.rsplit("/", 1)[-1]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def detect_format(spec: str | Path) -> str:
+    """The format of the results at `spec`: ``.npz`` rcnn; ``.json`` coco when it holds a list,
+    else rcnn; a folder of ``*_det_*.txt`` files or a glob voc; a folder of label files or one
+    holding ``labels/`` yolo; another file voc when its first line has 6 fields, else ilsvrc."""
+    path = Path(spec)
+    if not path.exists():
+        if any(char in str(spec) for char in "*?[") and glob.glob(str(spec)):
+            return "voc"
+        raise UserError(f"{spec}: no such results file or folder")
+    if path.is_dir():
+        if any(path.glob("*_det_*.txt")):
+            return "voc"
+        if (path / "labels").is_dir() or any(path.glob("*.txt")):
+            return "yolo"
+        raise UserError(f"{path}: no result files in it (<comp>_det_<split>_<class>.txt, or labels/<image>.txt)")
+    if path.suffix == ".json":
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return "coco" if handle.read(4096).lstrip().startswith("[") else "rcnn"
+    if path.suffix == ".npz":
+        return "rcnn"
+    first = next(_lines(path, ""), None)
+    if first is None:
+        return "voc" if "_det_" in path.name else "ilsvrc"
+    return "voc" if len(first[1]) == len(VOC_LAYOUT.split()) else "ilsvrc"
+
+
+def read_results(spec: str | Path, dataset: Dataset, format: str = "auto") -> Detections:
+    """The detections of `dataset`'s split in the results file, folder or glob `spec`.
+
+    `format` is one of READ_FORMATS or ``auto`` (detect_format). A malformed line, an unknown image
+    or class, a non-finite number or an inverted box raises a UserError naming the file and line.
+    """
+    format = detect_format(spec) if format == "auto" else format
+    if format == "rcnn":
+        dets, _ = load_detections(spec, classes=dataset.classes, split_name=dataset.name)
+        validate_detections(dets, dataset, where=str(spec))
+        return dets
+    if format not in _READERS:
+        raise UserError(f"results format {format!r}: expected auto or one of {', '.join(READ_FORMATS)}")
+    return _READERS[format](str(spec), dataset)
+
+
+class _Table:
+    """Detections read line by line, with the file and line each came from."""
+
+    def __init__(self, where: str = "{file}:{line}") -> None:
+        self.where_format = where  #: how a row's origin is named in messages
+        self.files: list[Path] = []
+        self.rows: list[tuple[int, int, int, int]] = []  #: (file, line, image, label)
+        self.values: list[list[float]] = []  #: score and the four box numbers as written
+
+    def open(self, path: Path) -> None:
+        """Rows added next come from `path`."""
+        self.files.append(path)
+
+    def where(self, line: int, file: int = -1) -> str:
+        """How messages name `line` of the current (or the `file`-th) file."""
+        return self.where_format.format(file=self.files[file], line=line)
+
+    def add(self, line: int, image: int, label: int, values: list[float]) -> None:
+        """One detection: `image` indexes dataset.records, `label` its classes."""
+        self.rows.append((len(self.files) - 1, line, image, label))
+        self.values.append(values)
+
+    def detections(self, dataset: Dataset, to_xyxy: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Detections:
+        """Detections per image in record order; `to_xyxy(box numbers [N, 4], image [N])` converts
+        the boxes as written to xyxy pixels."""
+        rows = np.array(self.rows, dtype=np.int64).reshape(-1, 4)
+        values = np.array(self.values, dtype=np.float64).reshape(-1, 5)
+        boxes = to_xyxy(values[:, 1:], rows[:, 2])
+        self._refuse(rows, ~np.isfinite(values).all(axis=1), "a number is NaN or infinite")
+        self._refuse(rows, (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
+                     "inverted box (its right or bottom edge before its left or top)")
+        return _group(dataset, rows[:, 2], rows[:, 3], values[:, 0], boxes)
+
+    def _refuse(self, rows: np.ndarray, bad: np.ndarray, problem: str) -> None:
+        if bad.any():
+            file, line = rows[np.flatnonzero(bad)[0], :2].tolist()
+            raise UserError(f"{self.where(line, file)}: {problem}")
+
+
+def _group(dataset: Dataset, image: np.ndarray, labels: np.ndarray, scores: np.ndarray, boxes: np.ndarray) -> Detections:
+    order = np.argsort(image, kind="stable")
+    present, starts = np.unique(image[order], return_index=True)
+    parts = np.split(order, starts[1:]) if len(order) else []
+    return {dataset.records[i].image_id: ImageDetections(boxes[rows], scores[rows], labels[rows])
+            for i, rows in zip(present.tolist(), parts)}
+
+
+def _lines(path: Path, layout: str, hint: str = "") -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-empty line of text file `path`, each holding the fields of
+    `layout` (any number for an empty layout)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it as text ({exc})") from None
+    count = len(layout.split())
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if fields and count and len(fields) != count:
+            raise UserError(f"{path}:{number}: expected {count} fields '{layout}'{hint}, got {line.strip()[:80]!r}")
+        if fields:
+            yield number, fields
+
+
+def _numbers(fields: list, where: str) -> list[float]:
+    try:
+        return [float(field) for field in fields]
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: expected numbers, got {' '.join(map(str, fields))[:80]!r}") from None
+
+
+def _integer(field: str, where: str, name: str) -> int:
+    try:
+        return int(field)
+    except ValueError:
+        raise UserError(f"{where}: {name} {field!r} is not a whole number") from None
+
+
+def _lookup(mapping: dict, key, where: str, problem: str) -> int:
+    try:
+        return mapping[key]
+    except (KeyError, TypeError):
+        raise UserError(f"{where}: {problem}") from None
+
+
+def _unique(keys: list, dataset: Dataset, what: str) -> dict:
+    """{key: record index}; two records with one key are a UserError."""
+    mapping = {key: i for i, key in enumerate(keys)}
+    if len(mapping) < len(keys):
+        (key, _), = collections.Counter(keys).most_common(1)
+        raise UserError(f"{dataset.name}: two images have the {what} {key!r}, so results cannot name them apart")
+    return mapping
+
+
+def _classes(dataset: Dataset, first: int) -> dict[int, int]:
+    """{class number in a file: label} for classes numbered from `first`."""
+    return {first + label: label for label in range(len(dataset.classes))}
+
+
+def _from_inclusive(boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
+    return voc_to_xyxy(boxes)
+
+
+def _read_voc(spec: str, dataset: Dataset) -> Detections:
+    images = {record.image_id: i for i, record in enumerate(dataset.records)}
+    table, seen = _Table(), {}
+    for path in _voc_files(spec, split_of(dataset)):
+        label = _voc_label(path, dataset)
+        if label in seen:
+            raise UserError(f"{path}: a second result file for class {dataset.classes[label]!r} (after "
+                            f"{seen[label].name}); give one competition's files, e.g. with a glob")
+        seen[label] = path
+        table.open(path)
+        for number, fields in _lines(path, VOC_LAYOUT):
+            where = table.where(number)
+            image = _lookup(images, fields[0], where, f"image {fields[0]!r} is not in {dataset.name}")
+            table.add(number, image, label, _numbers(fields[1:], where))
+    return table.detections(dataset, _from_inclusive)
+
+
+def _voc_files(spec: str, split: str) -> list[Path]:
+    """The files of a glob or a single file, or a folder's files for `split`."""
+    path = Path(spec)
+    files = sorted(path.glob(f"*_det_{split}_*.txt")) if path.is_dir() else sorted(map(Path, glob.glob(spec)))
+    if not files:
+        raise UserError(f"{spec}: no VOC result files for split {split} (<comp>_det_{split}_<class>.txt)")
+    return files
+
+
+def _voc_label(path: Path, dataset: Dataset) -> int:
+    """The class a devkit result file is for, from its name ``<comp>_det_<split>_<class>.txt``,
+    whose split must be the dataset's."""
+    split = split_of(dataset)
+    _, found, rest = path.stem.partition("_det_")
+    for label, name in enumerate(dataset.classes):
+        if found and rest == f"{split}_{name}":
+            return label
+    if found and rest.startswith(f"{split}_"):
+        raise UserError(f"{path}: {rest[len(split) + 1:]!r} is not a class of {dataset.name}")
+    for name in dataset.classes:
+        if found and rest.endswith(f"_{name}"):
+            raise UserError(f"{path}: results for split {rest[:-len(name) - 1]!r}, not {split!r}")
+    raise UserError(f"{path}: not named <comp>_det_{split}_<class>.txt")
+
+
+def _read_ilsvrc(spec: str, dataset: Dataset) -> Detections:
+    images = _unique(ilsvrc_indices(dataset), dataset, "split-list index")
+    classes = _classes(dataset, first=1)
+    table = _Table()
+    table.open(Path(spec))
+    for number, fields in _lines(Path(spec), ILSVRC_LAYOUT):
+        where = table.where(number)
+        index, class_index = (_integer(f, where, n) for f, n in zip(fields, ("image_index", "class_index")))
+        image = _lookup(images, index, where, f"image_index {index} is not an image of {dataset.name}")
+        label = _lookup(classes, class_index, where, f"class_index {class_index} is not in 1..{len(classes)}")
+        table.add(number, image, label, _numbers(fields[2:], where))
+    return table.detections(dataset, _from_inclusive)
+
+
+def ilsvrc_indices(dataset: Dataset) -> list[int]:
+    """The image_index of each record in ILSVRC submissions: its split-list index, else its 1-based position."""
+    return [r.list_index if r.list_index is not None else i + 1 for i, r in enumerate(dataset.records)]
+
+
+def _read_yolo(spec: str, dataset: Dataset) -> Detections:
+    folder = Path(spec) / "labels" if (Path(spec) / "labels").is_dir() else Path(spec)
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise UserError(f"{folder}: no label files (<image>.txt)")
+    images = _unique([record.path.stem for record in dataset.records], dataset, "file name")
+    classes = _classes(dataset, first=0)
+    table = _Table()
+    for path in files:
+        image = _lookup(images, path.stem, str(path), f"image {path.stem!r} is not in {dataset.name}")
+        table.open(path)
+        for number, fields in _lines(path, YOLO_LAYOUT, " (ultralytics: predict with save_conf=True)"):
+            where = table.where(number)
+            class_index = _integer(fields[0], where, "class")
+            label = _lookup(classes, class_index, where, f"class {class_index} is not in 0..{len(classes) - 1}")
+            cx, cy, w, h, conf = _numbers(fields[1:], where)
+            table.add(number, image, label, [conf, cx, cy, w, h])
+    return table.detections(dataset, lambda boxes, image: _from_normalised(boxes, _sizes(dataset)[image]))
+
+
+def _sizes(dataset: Dataset) -> np.ndarray:
+    """[width, height, width, height] of every record, float64 [N, 4]."""
+    return np.array([[r.width, r.height] * 2 for r in dataset.records], dtype=np.float64).reshape(-1, 4)
+
+
+def _from_normalised(cxcywh: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    return box_convert(torch.from_numpy(cxcywh), "cxcywh", "xyxy").numpy() * sizes
+
+
+def _read_coco(spec: str, dataset: Dataset) -> Detections:
+    path = Path(spec)
+    entries = _json_list(path)
+    records = dataset.records
+    images = {**{r.image_id: i for i, r in enumerate(records)},
+              **_unique(results_image_ids(dataset), dataset, "COCO image_id")}
+    categories = {cid: label for label, cid in enumerate(coco_ids(dataset)[1])}
+    table = _Table("{file}: results[{line}]")
+    table.open(path)
+    for k, entry in enumerate(entries):
+        where = table.where(k)
+        if not isinstance(entry, dict) or not {"image_id", "category_id", "bbox", "score"} <= entry.keys():
+            raise UserError(f"{where}: expected {{image_id, category_id, bbox: [x, y, w, h], score}}, got {str(entry)[:80]}")
+        bbox = entry["bbox"] if isinstance(entry["bbox"], list) and len(entry["bbox"]) == 4 else None
+        if bbox is None:
+            raise UserError(f"{where}: bbox must be [x, y, width, height], got {entry['bbox']!r}")
+        image = _lookup(images, entry["image_id"], where, f"image_id {entry['image_id']!r} is not in {dataset.name}")
+        label = _lookup(categories, entry["category_id"], where, f"category_id {entry['category_id']!r} is unknown "
+                        f"(expected {min(categories)}..{max(categories)})")
+        table.add(k, image, label, _numbers([entry["score"], *bbox], where))
+    return table.detections(dataset, lambda boxes, image: xywh_to_xyxy(boxes))
+
+
+def _json_list(path: Path) -> list:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: malformed JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise UserError(f"{path}: a COCO results file is a JSON list of detections, this is a {type(data).__name__}")
+    return data
+
+
+_READERS = {"coco": _read_coco, "voc": _read_voc, "ilsvrc": _read_ilsvrc, "yolo": _read_yolo}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def check_formats(formats: list[str], where: str) -> None:
+    """UserError unless every entry of `formats` is one of SAVE_FORMATS."""
+    unknown = [f for f in formats if f not in SAVE_FORMATS]
+    if unknown:
+        raise UserError(f"{where}: {unknown[0]!r} is not a results format ({', '.join(SAVE_FORMATS)})")
+
+
+def save_results(folder: str | Path, format: str, dets: Detections, dataset: Dataset) -> list[Path]:
+    """Write `dets` (checked detections of `dataset`'s images) under `folder` in `format`; the files
+    written. coco: ``detections_<split>_rcnn_results.json``; voc: ``results/<set>/Main/
+    comp4_det_<split>_<class>.txt`` for every class; ilsvrc: ``ilsvrc_<split>_results.txt``; yolo:
+    ``labels/<image file stem>.txt`` for every image with detections. Folders are replaced whole.
+    """
+    check_formats([format], "results format")
+    return _WRITERS[format](Path(folder), dets, dataset)
+
+
+def _flatten(dets: Detections, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(record index [N], boxes float32 [N, 4], scores float32 [N], labels [N]) in record order."""
+    present = [(i, dets[r.image_id]) for i, r in enumerate(dataset.records) if r.image_id in dets]
+    image = np.concatenate([np.full(len(d), i) for i, d in present] + [np.zeros(0, np.int64)])
+    boxes = np.concatenate([d.boxes for _, d in present] + [np.zeros((0, 4), np.float32)])
+    scores = np.concatenate([d.scores for _, d in present] + [np.zeros(0, np.float32)])
+    labels = np.concatenate([d.labels for _, d in present] + [np.zeros(0, np.int64)])
+    return image, boxes, scores, labels
+
+
+def _text(*columns) -> list[str]:
+    """Lines of space-separated columns (numbers in their shortest exact form), one per row."""
+    return [" ".join(row) for row in zip(*(np.asarray(c).astype(str) for c in columns))]
+
+
+@contextlib.contextmanager
+def _fresh_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside `target` that replaces it on success, so no earlier file stays."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_coco(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
+    path = folder / f"detections_{split_of(dataset)}_rcnn_results.json"
+    ordered = {r.image_id: dets[r.image_id] for r in dataset.records if r.image_id in dets}
+    write_text(path, json.dumps(to_coco_results(ordered, dataset, results_image_ids(dataset))))
+    return [path]
+
+
+def _write_voc(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
+    image, boxes, scores, labels = _flatten(dets, dataset)
+    ids = np.array([r.image_id for r in dataset.records])[image]
+    lines = np.array(_text(ids, scores, *xyxy_to_voc(boxes).T), dtype=object)
+    target = folder / "results" / dataset.name.split("/")[0] / "Main"
+    names = [f"comp4_det_{split_of(dataset)}_{name}.txt" for name in dataset.classes]
+    with _fresh_folder(target) as tmp:
+        for label, name in enumerate(names):
+            (tmp / name).write_text("".join(f"{line}\n" for line in lines[labels == label]), encoding="utf-8")
+    return [target / name for name in names]
+
+
+def _write_ilsvrc(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
+    image, boxes, scores, labels = _flatten(dets, dataset)
+    index = np.array(ilsvrc_indices(dataset), dtype=np.int64)[image]
+    path = folder / f"ilsvrc_{split_of(dataset)}_results.txt"
+    write_text(path, "".join(f"{line}\n" for line in _text(index, labels + 1, scores, *xyxy_to_voc(boxes).T)))
+    return [path]
+
+
+def _write_yolo(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
+    image, boxes, scores, labels = _flatten(dets, dataset)
+    normalised = box_convert(torch.from_numpy(boxes.astype(np.float64) / _sizes(dataset)[image]), "xyxy", "cxcywh")
+    lines = _text(labels, *normalised.numpy().T, scores)
+    _unique([record.path.stem for record in dataset.records], dataset, "file name")
+    present, starts = np.unique(image, return_index=True)  # image is in record order
+    stems = [dataset.records[i].path.stem for i in present.tolist()]
+    target = folder / "labels"
+    with _fresh_folder(target) as tmp:
+        for stem, start, end in zip(stems, starts.tolist(), [*starts[1:].tolist(), len(lines)]):
+            (tmp / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines[start:end]), encoding="utf-8")
+    return [target / f"{stem}.txt" for stem in stems]
+
+
+_WRITERS = {"coco": _write_coco, "voc": _write_voc, "ilsvrc": _write_ilsvrc, "yolo": _write_yolo}
