@@ -141,6 +141,9 @@ class EvalConfig:
 
     metric: str = "auto"  #: auto (by data.format) | voc07 | voc10 | ilsvrc | coco
     splits: list[str] = field(default_factory=list)  #: splits `rcnn run` detects and scores; empty = [data.test_split]
+    #: also write detections as coco | voc | ilsvrc | yolo results: `rcnn run` into
+    #: <run dir>/detections_<split>/, `rcnn eval` into its report folder
+    save_formats: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,8 +1,13 @@
-"""Detect objects in a split (or read a detections file) and score them against the ground truth.
+"""Detect objects in a split (or read other tools' results) and score them against the ground truth.
 
 Without --detections the model (--weights, else test.weights, else the default model) runs over
 the split; detections are cached per image, so an interrupted run resumes, and `--shard i/n`
 processes every n-th image only (run the shards anywhere, then once without --shard to merge).
+
+--detections reads this project's .npz/.json, a COCO results JSON, a folder or glob of PASCAL VOC
+devkit comp4_det_<split>_<class>.txt files, an ILSVRC DET submission file or an ultralytics
+prediction folder (labels/<image>.txt with confidences); the format is detected (--format forces
+it). --save-format writes the split's detections in those formats into the report folder.
 
 The metric is the one the dataset's benchmark uses (eval.metric auto: VOC -> voc07, ILSVRC DET ->
 ilsvrc, COCO -> coco) unless --metric says otherwise. Writes report.md, report.html, metrics.json,
@@ -11,10 +16,13 @@ plots and the resolved config.yaml into --out (default: <run dir>/eval/<split>).
 examples:
   rcnn eval --config animals_voc --weights runs/animals_voc/model_final.pt
   rcnn eval --config voc2007 --split test --detections runs/voc2007/detections_test.npz
+  rcnn eval --config voc2007 --detections results/VOC2007/Main --save-format coco
+  rcnn eval --config coco --split val2017 --detections runs/detect/predict --format yolo
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -22,15 +30,21 @@ from tqdm import tqdm
 
 from detector.config import Config, save_config
 from eval.datasets import Dataset, load_dataset
-from eval.detections import Detections, load_detections, save_detections, validate_detections
+from eval.detections import Detections, save_detections, validate_detections
 from eval.metrics import METRICS, make_evaluator, resolve_metric
 from eval.report import write_report
+from eval.result_formats import READ_FORMATS, SAVE_FORMATS, check_formats, read_results, save_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="split to score (default: data.test_split)")
-    parser.add_argument("--detections", default=None, metavar="FILE",
-                        help="results file written by eval.detections.save_detections (.npz or .json)")
+    parser.add_argument("--detections", default=None, metavar="PATH",
+                        help="results file, folder or quoted glob to score instead of running the model")
+    parser.add_argument("--format", default="auto", choices=("auto",) + READ_FORMATS,
+                        help="format of --detections: rcnn (.npz/.json of this project), coco, voc, ilsvrc, yolo")
+    parser.add_argument("--save-format", nargs="+", default=None, choices=SAVE_FORMATS, metavar="FORMAT",
+                        help=f"also write the detections into --out as {' / '.join(SAVE_FORMATS)} "
+                             "(default: eval.save_formats)")
     parser.add_argument("--metric", default=None, choices=("auto",) + METRICS,
                         help="override eval.metric (default: the config's, auto = the dataset's own)")
     parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default: <run dir>/eval/<split>)")
@@ -40,11 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset) -> Detections | None:
-    """The detections to score: the --detections file (checked to be for this split and class
+    """The detections to score: those of --detections (checked against this split and class
     list), or the model run over the split (None when only a shard was processed)."""
     if args.detections:
-        dets, _ = load_detections(args.detections, classes=dataset.classes, split_name=dataset.name)
-        return dets
+        return read_results(args.detections, dataset, args.format)
     from detector.inference import Detector, resolve_weights
     from detector.split_detection import detect_split, detection_key
     from proposals.cache import default_cache_dir
@@ -70,6 +83,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     dataset = load_dataset(config.data, split)
     timing["read ground truth"] = time.perf_counter() - start
     metric = resolve_metric(args.metric or config.eval.metric, config.data.format)
+    formats = config.eval.save_formats if args.save_format is None else args.save_format
+    check_formats(formats, "eval.save_formats")
 
     start = time.perf_counter()
     dets = obtain_detections(args, config, dataset)
@@ -94,4 +109,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     }
     report = write_report(out, result, dataset.name, settings, timing)
     print(f"{dataset.name}: mAP ({metric}) {result.mAP:.4f} over {len(dataset.records)} images; report {report}")
+    for format in formats:
+        files = save_results(out, format, dets, dataset)
+        print(f"{format} results: {os.path.commonpath(files) if files else out} ({len(files)} file(s))")
     return 0
