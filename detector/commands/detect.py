@@ -1,7 +1,8 @@
 """Detect objects in images: selective search -> GoogLeNet region scores -> NMS / box voting.
 
 Prints a table (class, score, box) per image; with --out writes each image with labelled boxes
-and a JSON file of its detections (and --coco-json a COCO results file for all images).
+and a JSON file of its detections (and --coco-json a COCO results file for all images;
+--save-format coco / voc / ilsvrc / yolo the results files those tools read, into --out).
 The table and the drawing show the detections scoring at least --score-threshold (0.25), at most
 --max-detections (10) per image; the JSON files, --json and --coco-json keep every detection down
 to test.score_threshold (0.05; a lower --score-threshold lowers it), the low scores that mAP needs.
@@ -12,10 +13,12 @@ ImageNet GoogLeNet with its classes mapped to the ILSVRC DET 200 (or --classes v
 examples:
   detect examples/chelsea.jpg --weights runs/animals_voc/model_final.pt --out out/
   detect photos/ --weights a.pt b.pt c.pt --fusion vote --flip --coco-json results.json
+  detect VOC2007/JPEGImages --weights model.pt --out out/ --save-format voc yolo
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -28,8 +31,11 @@ from tqdm import tqdm
 
 from detector.config import Config, apply_overrides
 from eval.atomic import atomic_path, check_writable, write_text
+from eval.datasets import Dataset, ImageRecord
+from eval.detections import ImageDetections
 from eval.errors import UserError
 from eval.images import IMAGE_SUFFIXES, list_images, load_image
+from eval.result_formats import SAVE_FORMATS, save_results
 
 DISPLAY_THRESHOLD = 0.25  #: default --score-threshold (ultralytics' conf)
 
@@ -43,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print each image's result file (every detection) as a JSON line instead of a table")
     parser.add_argument("--coco-json", default=None, help="also write all detections as a COCO results file")
+    parser.add_argument("--save-format", nargs="+", default=[], choices=SAVE_FORMATS, metavar="FORMAT",
+                        help=f"also write all detections into --out as {' / '.join(SAVE_FORMATS)} results "
+                             "(split 'test', image ids the file names without suffix)")
     parser.add_argument("--show", action="store_true", help="open each drawn image in the system viewer")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help=f"print and draw detections scoring at least this (default {DISPLAY_THRESHOLD}); "
@@ -131,6 +140,29 @@ def _write_outputs(out: Path, path: Path, image, shown, payload: dict, show: boo
         drawn.show()
 
 
+def check_save_format(formats: list[str], out: Path | None, paths: list[Path]) -> None:
+    """UserError when --save-format cannot name every image apart or has no --out to write to."""
+    if not formats:
+        return
+    if out is None:
+        raise UserError("--save-format writes into the --out folder: give --out DIR")
+    (stem, count), = collections.Counter(p.stem for p in paths).most_common(1)
+    if count > 1:
+        raise UserError(f"--save-format: {count} inputs are named {stem!r}; result files name images by file name")
+
+
+def save_formats(out: Path, formats: list[str], detector, detected: list[tuple[int, Path, tuple, object]]) -> None:
+    """Write every detection of the images read, (input index, path, image shape, DetectionResult),
+    as result files in `out`: split ``test``, image ids the file stems, ILSVRC image_index the
+    input's 1-based position."""
+    records = [ImageRecord(path.stem, path, shape[1], shape[0], np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                           np.zeros(0, bool), list_index=index + 1) for index, path, shape, _ in detected]
+    dataset = Dataset("detect/test", detector.classes, detector.display_names, records)
+    dets = {path.stem: ImageDetections(r.boxes, r.scores, r.labels) for _, path, _, r in detected}
+    for format in formats:
+        save_results(out, format, dets, dataset)
+
+
 def _read_and_propose(detector, path: Path) -> tuple[np.ndarray, np.ndarray, float] | UserError:
     """The image, its proposals and their seconds, or the UserError that reading it raised
     (run in a background thread while the previous image is scored)."""
@@ -155,9 +187,10 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_writable(out)
+    check_save_format(args.save_format, out, paths)
     target = {"det200": "ilsvrc_det200", "voc": "voc20"}[args.classes]
     detector = Detector.from_weights(args.weights, config, imagenet_target=target)
-    coco_results, failures = [], 0
+    coco_results, detected, failures = [], [], 0
     inputs = prefetched(partial(_read_and_propose, detector), paths)
     for index, (path, ready) in enumerate(zip(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr), inputs)):
         if isinstance(ready, UserError):
@@ -174,8 +207,12 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
         if out is not None:
             _write_outputs(out, path, image, shown, payload, args.show)
         coco_results += coco_entries(index, path, result)
+        if args.save_format:
+            detected.append((index, path, image.shape, result))
     if args.coco_json:
         write_text(args.coco_json, json.dumps(coco_results))
+    if args.save_format:
+        save_formats(out, args.save_format, detector, detected)
     if failures:
         print(f"{failures} of {len(paths)} input(s) could not be read", file=sys.stderr)
     return 1 if failures else 0
