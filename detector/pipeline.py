@@ -27,6 +27,7 @@ Run folder::
     train/<key>/                      checkpoints/last.pt, model_final.pt, train_log.csv, train_curve.png, config.yaml
     detections/<key>/                 per-image detection cache
     detections_<split>.npz            merged detections
+    detections_<split>/               the same in each eval.save_formats (COCO, VOC, ILSVRC, YOLO results)
     eval/<split>/                     report.md, report.html, metrics.json, curves.npz, plots, config.yaml
     members/<member>/...              an ensemble's per-member detections and evaluations
 """
@@ -56,6 +57,7 @@ from eval.errors import UserError
 from eval.images import file_digest
 from eval.metrics import EvalResult, make_evaluator, resolve_metric
 from eval.report import write_report
+from eval.result_formats import check_formats, save_results
 from proposals.cache import default_cache_dir, parameter_key
 from proposals.extract import extract, shard
 
@@ -383,22 +385,27 @@ class Pipeline:
 
     def detections(self, split: str, model: Model) -> Manifest | None:
         test = {k: v for k, v in dataclasses.asdict(self.config.test).items() if k not in ("weights", "batch_size")}
-        key = content_key(test, self.proposals_key(split), model.digests)
+        formats = self.config.eval.save_formats  # keyed only when given: older run folders keep their keys
+        key = content_key(test, self.proposals_key(split), model.digests, *([formats] if formats else []))
         return self._unit(self._unit_name("detect", split, model), "detect", key, lambda: self._detect(split, model))
 
     def _detect(self, split: str, model: Model) -> tuple[list[Path], dict]:
+        """Detect `split`: detections_<split>.npz, and each eval.save_formats into detections_<split>/."""
         from detector.inference import Detector
         from detector.split_detection import detect_split, detection_key
 
+        check_formats(self.config.eval.save_formats, "eval.save_formats")
         weights = [str(w) for w in model.weights]
         detector = Detector.from_weights(weights, self.config)
         cache = self.folder.root / "detections" / detection_key(detector, weights)
         dataset = self.dataset(split)
         dets = detect_split(detector, dataset, cache, default_cache_dir(self.config), *self.shard)
-        path = model.folder / f"detections_{split}.npz"
+        path, extra = model.folder / f"detections_{split}.npz", []
         if not self.sharded:
             save_detections(path, dets, dataset.classes, dataset.name)
-        return [path], {"images": len(dets), "detections": sum(len(d) for d in dets.values())}
+            for format in self.config.eval.save_formats:
+                extra += save_results(model.folder / f"detections_{split}", format, dets, dataset)
+        return [path, *extra], {"images": len(dets), "detections": sum(len(d) for d in dets.values())}
 
     # ----------------------------------------------------------------- evaluation and report
 
@@ -406,7 +413,7 @@ class Pipeline:
         detect = self.detections(split, model)
         metric = resolve_metric(self.config.eval.metric, self.config.data.format)
         key = content_key(metric, detect.key, detect.outputs)
-        (relative, _), = detect.outputs.items()
+        relative = next(iter(detect.outputs))  # detections_<split>.npz; then any other formats
         return self._unit(self._unit_name("evaluate", split, model), "evaluate", key,
                           lambda: self._evaluate(split, model, metric, self.folder.root / relative))
 
