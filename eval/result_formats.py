@@ -25,6 +25,7 @@ detections has no lines (no label file for yolo).
 """
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import glob
@@ -110,8 +111,8 @@ class _Table:
     def __init__(self, where: str = "{file}:{line}") -> None:
         self.where_format = where  #: how a row's origin is named in messages
         self.files: list[Path] = []
-        self.rows: list[tuple[int, int, int, int]] = []  #: (file, line, image, label)
-        self.values: list[list[float]] = []  #: score and the four box numbers as written
+        self.rows = array.array("q")  #: (file, line, image, label) per detection, flat
+        self.values = array.array("d")  #: score and the four box numbers as written, flat
 
     def open(self, path: Path) -> None:
         """Rows added next come from `path`."""
@@ -123,14 +124,14 @@ class _Table:
 
     def add(self, line: int, image: int, label: int, values: list[float]) -> None:
         """One detection: `image` indexes dataset.records, `label` its classes."""
-        self.rows.append((len(self.files) - 1, line, image, label))
-        self.values.append(values)
+        self.rows.extend((len(self.files) - 1, line, image, label))
+        self.values.extend(values)
 
     def detections(self, dataset: Dataset, to_xyxy: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Detections:
         """Detections per image in record order; `to_xyxy(box numbers [N, 4], image [N])` converts
         the boxes as written to xyxy pixels."""
-        rows = np.array(self.rows, dtype=np.int64).reshape(-1, 4)
-        values = np.array(self.values, dtype=np.float64).reshape(-1, 5)
+        rows = np.frombuffer(self.rows, dtype=np.int64).reshape(-1, 4)
+        values = np.frombuffer(self.values, dtype=np.float64).reshape(-1, 5)
         boxes = to_xyxy(values[:, 1:], rows[:, 2])
         self._refuse(rows, ~np.isfinite(values).all(axis=1), "a number is NaN or infinite")
         self._refuse(rows, (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
