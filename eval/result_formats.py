@@ -20,8 +20,9 @@ yolo      ``labels/<image file stem>.txt``, lines         0-based class; box cen
 ========  ==============================================  ===============================================
 
 Inside, boxes are float32 ``xyxy`` in continuous pixels (see eval.boxes). Numbers are written in
-their shortest exact form, so a file read back holds the same detections; an image without
-detections has no lines (no label file for yolo).
+their shortest exact form, so a file read back holds the same scores and labels, and the same
+boxes up to one float32 rounding (eval.boxes converts VOC and COCO boxes in float32); an image
+without detections has no lines (no label file for yolo).
 """
 from __future__ import annotations
 
