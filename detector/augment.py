@@ -169,5 +169,32 @@ def multi_scale_crops(image: np.ndarray, size: int) -> np.ndarray:
     return _with_mirrors(crops)
 
 
+def one_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """[1, size, size, 3]: the center crop."""
+    return center_crop(image, size)[None]
+
+
 #: crops per image -> the function that makes them
-TEST_CROPS = {1: lambda image, size: center_crop(image, size)[None], 10: ten_crops, 144: multi_scale_crops}
+TEST_CROPS = {1: one_crop, 10: ten_crops, 144: multi_scale_crops}
+
+
+@dataclass(frozen=True)
+class CenterCrop:
+    """The validation transform ``(image, rng) -> [size, size, 3]`` (rng unused; picklable)."""
+
+    size: int
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return center_crop(image, self.size)
+
+
+@dataclass(frozen=True)
+class EvalCrops:
+    """The test transform ``(image, rng) -> [crops, size, size, 3]`` (rng unused), picklable for
+    DataLoader workers."""
+
+    crops: int
+    size: int
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return TEST_CROPS[self.crops](image, self.size)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detector.augment import TEST_CROPS, read_rgb
+from detector.augment import TEST_CROPS, EvalCrops, read_rgb
 from detector.precision import Precision, prepare_model
 from detector.pretrain import ClassificationSamples, load_classifier, make_loader, normalise
 from eval.errors import UserError
@@ -69,8 +69,7 @@ def evaluate(ensemble: Ensemble, folder: ImageFolder, crops: int, precision: Pre
         raise UserError(f"crops {crops}: expected one of {', '.join(map(str, TEST_CROPS))}")
     if folder.classes != ensemble.classes:
         raise UserError(f"{folder.root}: classes {folder.classes[:5]}... differ from the model's {ensemble.classes[:5]}...")
-    make_crops, size = TEST_CROPS[crops], ensemble.input_size
-    samples = ClassificationSamples(folder, lambda image, _: make_crops(image, size), seed=0)
+    samples = ClassificationSamples(folder, EvalCrops(crops, ensemble.input_size), seed=0)
     indices = _spread(len(folder), limit)
     per_batch = max(1, CROPS_PER_BATCH // crops)
     batches = [[(0, i) for i in indices[start:start + per_batch]] for start in range(0, len(indices), per_batch)]
@@ -98,7 +97,7 @@ def _spread(size: int, limit: int) -> list[int]:
 def top_classes(ensemble: Ensemble, image_path: str | Path, precision: Precision, crops: int = 10,
                 k: int = 5) -> list[tuple[str, float]]:
     """The k most probable (display name, probability) of one image."""
-    image = torch.from_numpy(TEST_CROPS[crops](read_rgb(image_path), ensemble.input_size)).movedim(-1, -3)
+    image = torch.from_numpy(EvalCrops(crops, ensemble.input_size)(read_rgb(image_path))).movedim(-1, -3)
     probabilities = crop_probabilities(ensemble, image[None], precision)[0]
     values, indices = probabilities.topk(min(k, len(ensemble.classes)))
     return [(ensemble.display_names[i], float(v)) for v, i in zip(values, indices)]

@@ -37,16 +37,18 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models import GoogLeNet, googlenet
 from tqdm import tqdm
 
-from detector.augment import TrainAugment, center_crop, read_rgb
+from detector.augment import CenterCrop, TrainAugment, read_rgb
 from detector.checkpoint import (error_line, load_checkpoint, load_weights, read_weights_file, require_keys,
                                  save_checkpoint)
 from detector.config import Config, PretrainConfig, save_config
+from detector.csv_log import CsvLog
 from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
 from detector.model import PIXEL_MEAN, PIXEL_STD
 from detector.precision import Precision, flush_denormals, prepare_model, resolve_precision
 from eval.atomic import atomic_path, check_writable, write_text
 from eval.errors import UserError
 from eval.imagefolder import ImageFolder, read_image_folder
+from proposals.extract import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,12 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(samples: ClassificationSamples, batches, workers: int, seed: int) -> DataLoader:
-    """A DataLoader over `batches` that never touches the global RNG (dropout stays reproducible)."""
+    """A DataLoader over `batches` that never touches the global RNG (dropout stays reproducible).
+    Workers come from a forkserver: forking this process after its OpenMP threads ran can
+    deadlock the child (seen in torch.set_num_threads)."""
     return DataLoader(samples, batch_sampler=batches, num_workers=workers, worker_init_fn=_worker_init,
-                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed))
+                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
+                      multiprocessing_context=worker_context(__name__) if workers else None)
 
 
 def normalise(images: torch.Tensor, precision: Precision) -> torch.Tensor:
@@ -247,8 +252,7 @@ class Pretrainer:
                                settings.max_aspect, settings.random_interpolation, settings.flip,
                                settings.brightness, settings.contrast, settings.saturation)
         self.train_samples = ClassificationSamples(self.train_folder, augment, config.seed)
-        self.val_samples = ClassificationSamples(self.val_folder, lambda image, _: center_crop(image, settings.input_size),
-                                                 config.seed)
+        self.val_samples = ClassificationSamples(self.val_folder, CenterCrop(settings.input_size), config.seed)
 
     # ----------------------------------------------------------------- state
 
@@ -375,7 +379,7 @@ class Pretrainer:
             log.info("pre-training %s on %s: %d images, %d classes, %d steps/epoch, %s", self.run_dir,
                      self.train_folder.root, len(self.train_folder), len(self.train_folder.classes),
                      self.steps_per_epoch, self.precision.description)
-        csv_log = _EpochLog(self.run_dir / "pretrain_log.csv", self.epoch) if self.context.is_main else None
+        csv_log = CsvLog(self.run_dir / "pretrain_log.csv", LOG_FIELDS, self.epoch) if self.context.is_main else None
         try:
             while self.epoch < settings.epochs:
                 values = self.train_epoch()
@@ -453,24 +457,6 @@ def load_classifier(path: str | Path) -> tuple[GoogLeNet, dict]:
 
 
 # --------------------------------------------------------------------------- logs
-
-
-class _EpochLog:
-    """pretrain_log.csv, one row per epoch; on resume, rows past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, start_epoch: int) -> None:
-        self.path = path
-        rows = []
-        if path.is_file() and start_epoch > 0:
-            with path.open() as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= start_epoch]
-        self.last = {k: float(v) for k, v in rows[-1].items()} if rows else {}
-        write_text(path, "\n".join([",".join(LOG_FIELDS)] + [",".join(r[f] for f in LOG_FIELDS) for r in rows]) + "\n")
-
-    def write(self, values: dict[str, float]) -> None:
-        self.last = values
-        with self.path.open("a") as handle:
-            handle.write(",".join(f"{values[f]:.6g}" for f in LOG_FIELDS) + "\n")
 
 
 def plot_pretrain_curve(log_path: Path, png_path: Path) -> None:

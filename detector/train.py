@@ -27,6 +27,7 @@ from tqdm import tqdm
 from detector.checkpoint import (check_classes, error_line, inference_weights, load_checkpoint, load_weights,
                                  model_settings, require_keys, save_checkpoint)
 from detector.config import Config, TrainConfig, save_config
+from detector.csv_log import CsvLog
 from detector.distributed import DistContext, barrier, device_for, init_distributed, shutdown
 from detector.minibatches import RegionBatch, SamplingSettings, TrainBatches
 from detector.model import RegionClassifier, RegionOutputs, build_model
@@ -214,7 +215,7 @@ class Trainer:
             save_config(self.config, self.run_dir / "config.yaml")
             log.info("training %s on %s: %d images, %s", self.run_dir, self.dataset.name,
                      len(self.dataset.records), self.precision.description)
-        logger = _CsvLog(self.run_dir / "train_log.csv", self.iteration) if self.context.is_main else None
+        logger = CsvLog(self.run_dir / "train_log.csv", LOG_FIELDS, self.iteration) if self.context.is_main else None
         progress = tqdm(total=train.iterations, initial=self.iteration, disable=not self.context.is_main,
                         desc="train", dynamic_ncols=True)
         rng_state = _rng_state()
@@ -229,7 +230,7 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{values['loss']:.3f}", rps=f"{values['regions_per_s']:.0f}")
                 if logger and (self.iteration % train.log_every == 0 or self.iteration == train.iterations):
-                    logger.write(self.iteration, values)
+                    logger.write({"iteration": self.iteration, **values})
                 if self.iteration % train.checkpoint_every == 0 or self.iteration == train.iterations:
                     rng_state = _rng_state()
                     self.save(rng_state)
@@ -317,24 +318,6 @@ class _ProposalSource:
 
     def __call__(self, image_path: Path) -> np.ndarray:
         return cached_proposals(image_path, self.proposal_config, self.cache_dir)
-
-
-class _CsvLog:
-    """Append-only CSV of training values; on resume, rows past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, start_iteration: int) -> None:
-        self.path = path
-        rows = []
-        if path.is_file() and start_iteration > 0:
-            with path.open() as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["iteration"]) <= start_iteration]
-        lines = [",".join(LOG_FIELDS)] + [",".join(r[f] for f in LOG_FIELDS) for r in rows]
-        write_text(path, "\n".join(lines) + "\n")
-
-    def write(self, iteration: int, values: dict[str, float]) -> None:
-        row = [str(iteration)] + [f"{values[f]:.6g}" for f in LOG_FIELDS[1:]]
-        with self.path.open("a") as handle:
-            handle.write(",".join(row) + "\n")
 
 
 def _rng_state() -> dict:

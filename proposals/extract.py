@@ -123,7 +123,7 @@ def _run(
             for index, path in enumerate(paths):
                 yield index, extract_one(path, config, cache_dir, keep_boxes)
         return
-    with ProcessPoolExecutor(min(workers, len(paths)), mp_context=_pool_context(), initializer=init_worker) as pool:
+    with ProcessPoolExecutor(min(workers, len(paths)), mp_context=worker_context(), initializer=init_worker) as pool:
         futures = {pool.submit(extract_one, path, config, cache_dir, keep_boxes): i for i, path in enumerate(paths)}
         for future in as_completed(futures):
             index = futures[future]
@@ -133,12 +133,13 @@ def _run(
                 yield index, ImageResult(path=Path(paths[index]), error=f"{paths[index]}: worker failed ({exc!r})")
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """forkserver (workers forked from a clean, single-threaded server that has imported this
-    module once, so later pools start fast) where available, else spawn; both fork-safe."""
+def worker_context(preload: str = __name__) -> multiprocessing.context.BaseContext:
+    """forkserver (workers forked from a clean, single-threaded server that has imported module
+    `preload` once, so later pools start fast) where available, else spawn; both fork-safe,
+    unlike forking a process whose OpenMP threads have run."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload([preload])
         return context
     return multiprocessing.get_context("spawn")
 

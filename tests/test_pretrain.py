@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,8 @@ from detector.model import CLASSIFIER_PREFIXES, build_model, load_imagenet_trunk
 from detector.pretrain import EpochBatches, Pretrainer, lr_factor, pretrain, read_export
 from eval.errors import UserError
 from eval.imagefolder import read_image_folder
+from tests.ddp_worker import run_two_ranks
 from tests.synthetic import make_image_folder
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
@@ -193,13 +189,7 @@ def test_export_loads_in_torchvision_and_as_detection_init(image_folder, tmp_pat
 
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_keep_identical_weights(image_folder, tmp_path):
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-        str(REPO / "tests" / "ddp_pretrain_worker.py"), str(image_folder), str(tmp_path / "run"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
-    digests = [(tmp_path / "run" / f"rank{r}.txt").read_text() for r in (0, 1)]
+    digests = run_two_ranks("pretrain", image_folder, tmp_path / "run", port=29541)
     assert digests[0] == digests[1]
     assert (tmp_path / "run" / "pretrain" / "googlenet.pth").is_file()
 

@@ -1,8 +1,6 @@
 """Fine-tuning: losses, checkpoints, exact resume after an interrupt, run-directory guards, DDP."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +10,8 @@ from detector.checkpoint import load_checkpoint
 from detector.config import load_config
 from detector.train import Trainer, lr_factor, train
 from detector.distributed import DistContext
+from tests.ddp_worker import run_two_ranks
 from eval.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def tiny_config(data_root: Path, run_dir: Path, *extra: str):
     return load_config("tiny", [f"data.root={data_root}", f"output_dir={run_dir}", *extra])
@@ -81,13 +77,7 @@ def test_split_without_objects_is_a_clear_error(tiny_voc, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_keep_identical_weights(tiny_voc, tmp_path):
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-        str(REPO / "tests" / "ddp_worker.py"), str(tiny_voc), str(tmp_path / "run"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-2000:]
-    digests = [(tmp_path / "run" / f"rank{r}.txt").read_text() for r in (0, 1)]
+    digests = run_two_ranks("train", tiny_voc, tmp_path / "run", port=29533)
     assert digests[0] == digests[1]
     assert (tmp_path / "run" / "model_final.pt").is_file()
     assert not (tmp_path / "run" / "rank1_saved").exists()
