@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
@@ -53,6 +54,27 @@ def lr_factor(train: TrainConfig, iteration: int) -> float:
     if train.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * iteration / max(1, train.iterations)))
     return train.lr_gamma ** sum(iteration >= step for step in train.lr_steps)
+
+
+BATCHNORM_MODES = ("auto", "frozen", "train")
+
+
+def batchnorm_frozen(config: Config) -> bool:
+    """Whether the trunk's batch norm keeps the statistics of its classification weights
+    (``train.batchnorm``; auto: frozen unless the model starts from random weights)."""
+    mode = config.train.batchnorm
+    if mode not in BATCHNORM_MODES:
+        raise UserError(f"train.batchnorm {mode!r}: expected one of {', '.join(BATCHNORM_MODES)}")
+    return mode == "frozen" or (mode == "auto" and config.model.init != "random")
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put `module`'s batch-norm layers in eval mode: their running statistics are used and kept,
+    their affine parameters still learn (mmdetection's ``norm_eval``). Minibatches of 2 images
+    estimate the statistics of classification weights poorly."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 def region_losses(outputs: RegionOutputs, batch: RegionBatch, aux_weight: float, box_weight: float) -> dict[str, torch.Tensor]:
@@ -90,6 +112,7 @@ class Trainer:
             raise UserError("train.classifier svm works on warped regions: set model.mode=crop")
         self._check_run_dir(resume)
         init = "random" if resume else resolve_init(config)
+        self.frozen_batchnorm = batchnorm_frozen(config)
         m = config.model
         model = build_model(len(self.classes), init, m.aux_classifiers, m.dropout, m.mode, m.roi_layer)
         self.model: RegionClassifier = prepare_model(model, self.precision)
@@ -195,6 +218,8 @@ class Trainer:
     def step(self, batch: RegionBatch) -> dict[str, float]:
         """One SGD step on one minibatch; returns the losses as floats."""
         self.network.train()
+        if self.frozen_batchnorm:
+            freeze_batchnorm(self.model.trunk)
         inputs = prepare_input(batch.inputs, self.precision)
         with self.precision.autocast():
             outputs = self.network(*inputs)
