@@ -13,6 +13,7 @@ import logging
 import sys
 import textwrap
 
+from configs import shipped_configs
 from eval.errors import UserError
 
 #: command name -> (module, takes a --config, one-line help)
@@ -35,7 +36,7 @@ EPILOG = textwrap.dedent(
     examples:
       rcnn data --config animals_voc --split train
       rcnn config --config voc2007 --set train.lr=0.0005
-    configs are YAML files or shipped names (voc2007, ilsvrc_det, coco, animals_voc, tiny);
+    configs are YAML files or shipped names (voc2007, ilsvrc_det, coco, animals_voc, imagenette, tiny, ...);
     `rcnn COMMAND --help` tells each command's options and defaults.
     """
 )
@@ -45,7 +46,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config and --set, shared by every command that runs from a config."""
     parser.add_argument(
         "--config", "-c", default=None,
-        help="YAML config file or shipped name (voc2007, ilsvrc_det, coco, animals_voc, tiny)",
+        help=f"YAML config file or shipped name ({', '.join(shipped_configs())})",
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -24,13 +24,13 @@ PAPER_NOTE = ("GoogLeNet paper, ILSVRC 2012 val top-5 error: 1 model 1 / 10 / 14
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="*", help="images to classify (none: evaluate the validation split)")
     parser.add_argument("--weights", "-w", nargs="+", default=None,
-                        help="exported classifier weights; several = ensemble (default: <output_dir>/pretrain/googlenet.pth)")
+                        help="exported classifier weights; several = ensemble; when omitted: <output_dir>/pretrain/googlenet.pth")
     parser.add_argument("--crops", type=int, nargs="+", default=[1, 10, 144], choices=[1, 10, 144],
                         help="crops per image, one table row each")
-    parser.add_argument("--data", default=None, help="ImageFolder split folder to evaluate (default: pretrain.root/pretrain.val_split)")
+    parser.add_argument("--data", default=None, help="ImageFolder split folder to evaluate; when omitted: pretrain.root/pretrain.val_split")
     parser.add_argument("--limit", type=int, default=0, help="evaluate this many images spread over the split (0 = all)")
     parser.add_argument("--out", "-o", default=None, help="folder for classify.md and classify.json")
-    parser.add_argument("--precision", default=None, help="auto | fp32 | bf16 | fp16 (default: test.precision)")
+    parser.add_argument("--precision", default=None, help="auto | fp32 | bf16 | fp16; when omitted: test.precision")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
