@@ -61,9 +61,8 @@ class TrainConfig:
     warmup_iterations: int = 0
     flip: bool = True  #: random horizontal flip of training images
     ema_decay: float = 0.0  #: Polyak averaging of the weights (0 = off)
-    #: trunk batch norm: frozen (statistics of the classification weights kept) | train | auto
-    #: (frozen unless model.init is random)
-    batchnorm: str = "auto"
+    #: trunk batch norm: train (statistics follow the minibatches) | frozen (those of the initial weights kept)
+    batchnorm: str = "train"
     precision: str = "auto"  #: auto (bf16 on capable CPUs, fp16 AMP on CUDA) | fp32 | bf16 | fp16
     checkpoint_every: int = 1000
     log_every: int = 20

@@ -247,7 +247,7 @@ def test_a_damaged_resume_checkpoint_is_one_line(image_folder, tmp_path):
         pretrain(config, resume=True)
 
 
-def test_fine_tuning_keeps_the_batchnorm_statistics_of_classification_weights(image_folder, tiny_voc, tmp_path):
+def test_frozen_batchnorm_keeps_the_statistics_of_classification_weights(image_folder, tiny_voc, tmp_path):
     from detector.train import Trainer
 
     exported = pretrain(pretrain_config(image_folder, tmp_path / "pre", "pretrain.epochs=1"))
@@ -261,13 +261,14 @@ def test_fine_tuning_keeps_the_batchnorm_statistics_of_classification_weights(im
         trainer.step(next(iter(trainer._loader())))
         return before, trainer.model.state_dict()[key], trainer
 
-    before, after, trainer = one_step(str(exported))
+    before, after, trainer = one_step(str(exported), "train.batchnorm=frozen")
     assert trainer.frozen_batchnorm and torch.equal(before, after)
-    before, after, trainer = one_step(str(exported), "model.mode=roi", "model.roi_layer=5b-dilated",
-                                      "model.roi_short_side=64", "model.roi_max_side=96", "output_dir=" + str(tmp_path / "lh"))
+    before, after, trainer = one_step(str(exported), "train.batchnorm=frozen", "model.mode=roi",
+                                      "model.roi_layer=5b-dilated", "model.roi_short_side=64", "model.roi_max_side=96",
+                                      "output_dir=" + str(tmp_path / "lh"))
     assert torch.equal(before, after)
     assert trainer.model.light_reduce.bn.training  # the new layers' statistics still learn
-    before, after, trainer = one_step("random")
+    before, after, trainer = one_step(str(exported), "output_dir=" + str(tmp_path / "default"))
     assert not trainer.frozen_batchnorm and not torch.equal(before, after)
     with pytest.raises(UserError, match="train.batchnorm 'sync'"):
         one_step("random", "train.batchnorm=sync", "output_dir=" + str(tmp_path / "bad"))
