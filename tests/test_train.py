@@ -92,3 +92,11 @@ def test_validation_map_is_logged_without_changing_training(tiny_voc, tmp_path):
     assert all(0.0 <= float(r.split(",")[1]) <= 1.0 for r in rows[1:])
     for key, value in plain["model"].items():
         assert torch.equal(value, validated["model"][key]), key
+
+
+def test_worker_processes_give_the_same_weights(tiny_voc, tmp_path):
+    """Batches made in a DataLoader worker (a forkserver child) equal those made in-process."""
+    in_process = load_checkpoint(train(tiny_config(tiny_voc, tmp_path / "a", "train.iterations=2")))
+    in_worker = load_checkpoint(train(tiny_config(tiny_voc, tmp_path / "b", "train.iterations=2", "train.workers=1")))
+    for key, value in in_process["model"].items():
+        assert torch.equal(value, in_worker["model"][key]), key
