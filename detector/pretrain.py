@@ -199,20 +199,25 @@ def classification_loss(outputs, labels: torch.Tensor, config: PretrainConfig) -
 
 
 @torch.no_grad()
-def evaluate_top_k(model: nn.Module, loader: DataLoader, precision: Precision) -> dict[str, float]:
-    """Cross-entropy loss and top-1 / top-5 accuracy (fractions) of `model` over `loader`."""
-    model.eval()
-    total = loss = top1 = top5 = 0.0
+def evaluate_top_k(models: list[nn.Module], loader: DataLoader, precision: Precision) -> list[dict[str, float]]:
+    """Cross-entropy loss and top-1 / top-5 accuracy (fractions) of each of `models` over
+    `loader`, in one pass over its images."""
+    for model in models:
+        model.eval()
+    sums = [{"loss": 0.0, "top1": 0.0, "top5": 0.0} for _ in models]
+    total = 0
     for images, labels in loader:
-        with precision.autocast():
-            logits = model(normalise(images, precision)).float()
-        labels = labels.to(logits.device)
-        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        top1 += float((ranked[:, 0] == labels).sum())
-        top5 += float((ranked == labels[:, None]).any(1).sum())
+        inputs = normalise(images, precision)
+        labels = labels.to(precision.device)
+        for model, sum_ in zip(models, sums):
+            with precision.autocast():
+                logits = model(inputs).float()
+            ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            sum_["loss"] += float(F.cross_entropy(logits, labels, reduction="sum"))
+            sum_["top1"] += float((ranked[:, 0] == labels).sum())
+            sum_["top5"] += float((ranked == labels[:, None]).any(1).sum())
         total += len(labels)
-    return {"loss": loss / max(1, total), "top1": top1 / max(1, total), "top5": top5 / max(1, total)}
+    return [{key: value / max(1, total) for key, value in sum_.items()} for sum_ in sums]
 
 
 # --------------------------------------------------------------------------- the run
@@ -364,8 +369,7 @@ class Pretrainer:
         batches = EpochBatches(len(self.val_samples), 128, 0, 0, DistContext(), shuffle=False, drop_last=False)
         loader = make_loader(self.val_samples, batches, self.settings.workers, 0)
         try:
-            raw = evaluate_top_k(self.model, loader, self.precision)
-            ema = evaluate_top_k(self.ema.module, loader, self.precision)
+            raw, ema = evaluate_top_k([self.model, self.ema.module], loader, self.precision)
         except UserError as exc:
             raise one_line(exc) from None
         return {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"],
@@ -448,11 +452,7 @@ def load_classifier(path: str | Path) -> tuple[GoogLeNet, dict]:
     """(eval-mode GoogLeNet, metadata) from an export; UserError on a mismatch."""
     weights, metadata = read_export(path)
     model = build_classifier(len(metadata["classes"]))
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit GoogLeNet with {len(metadata['classes'])} classes "
-                        f"({str(exc).splitlines()[0]})") from None
+    load_weights(model, weights, str(path), f"GoogLeNet with {len(metadata['classes'])} classes")
     return model.eval(), metadata
 
 

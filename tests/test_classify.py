@@ -91,3 +91,12 @@ def test_bad_weights_and_mismatched_ensembles_are_one_line_errors(folder, tmp_pa
     with pytest.raises(UserError, match="bad.pth: not a readable"):
         load_ensemble([tmp_path / "bad.pth"], FP32)
     assert main(["classify", "x.jpg", "--config", "tiny", "--weights", str(tmp_path / "missing.pth")]) == 2
+
+
+def test_weights_of_another_class_count_are_one_line(folder, tmp_path):
+    weights = export(tmp_path / "w.pth", folder)
+    metadata = json.loads(weights.with_suffix(".json").read_text())
+    metadata["classes"] = metadata["classes"][:2]
+    weights.with_suffix(".json").write_text(json.dumps(metadata))
+    with pytest.raises(UserError, match=r"w.pth: weights do not fit GoogLeNet with 2 classes: .*of another shape"):
+        load_ensemble([weights], FP32)
