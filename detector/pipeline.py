@@ -282,9 +282,12 @@ class Pipeline:
         return content_key(kept, self.config.seed, digest.hexdigest())
 
     def pretrained(self) -> Manifest | None:
-        """The pre-training unit when model.init is ``pretrain``, else None."""
+        """The pre-training unit when model.init is ``pretrain``, else None (checked once a run:
+        the run, the train key and training all ask for it)."""
         if self.config.model.init != "pretrain":
             return None
+        if "pretrain" in self.done:
+            return self.done["pretrain"]
         key = self.pretrain_key
         return self._unit("pretrain", "pretrain", key, lambda: self._pretrain(self.folder.root / "pretrain" / key))
 
