@@ -482,8 +482,7 @@ def bench_pretrain(config: Config, settings: BenchSettings) -> list[Row]:
     import tempfile
 
     from detector.pretrain import (ClassificationSamples, EpochBatches, ModelEma, build_classifier,
-                                   classification_loss, make_loader, normalise)
-    from detector.augment import TrainAugment
+                                   classification_loss, make_loader, normalise, train_augment)
     from detector.distributed import DistContext
     from eval.imagefolder import read_image_folder
 
@@ -513,7 +512,7 @@ def bench_pretrain(config: Config, settings: BenchSettings) -> list[Row]:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(pretrain.root) if pretrain.root and (Path(pretrain.root) / pretrain.train_split).is_dir() else None
         folder = read_image_folder(root or _generated_image_folder(Path(scratch)), pretrain.train_split if root else "train")
-        samples = ClassificationSamples(folder, TrainAugment(size, pretrain.min_area, pretrain.max_area), config.seed)
+        samples = ClassificationSamples(folder, train_augment(pretrain), config.seed)
         steps = max(2, min(len(folder) // batch, 8 * settings.repeats))
         for workers in dict.fromkeys((pretrain.workers, 0)):
             loader = make_loader(samples, EpochBatches(len(folder), batch, 0, 0, DistContext()), workers, 0)

@@ -107,6 +107,13 @@ class EpochBatches:
             yield [(self.epoch, int(i)) for i in order[first:first + self.batch_size]]
 
 
+def train_augment(settings: PretrainConfig) -> TrainAugment:
+    """The training transform the `pretrain:` settings describe."""
+    return TrainAugment(settings.input_size, settings.min_area, settings.max_area, settings.min_aspect,
+                        settings.max_aspect, settings.random_interpolation, settings.flip,
+                        settings.brightness, settings.contrast, settings.saturation)
+
+
 def _worker_init(_: int) -> None:
     """One thread per worker: the cores belong to the network."""
     import cv2
@@ -253,10 +260,7 @@ class Pretrainer:
             self._restore(load_checkpoint(self.last_path))
         self.network = DistributedDataParallel(self.model) if context.enabled else self.model
         self.scaler = torch.amp.GradScaler(enabled=self.precision.dtype == torch.float16)
-        augment = TrainAugment(settings.input_size, settings.min_area, settings.max_area, settings.min_aspect,
-                               settings.max_aspect, settings.random_interpolation, settings.flip,
-                               settings.brightness, settings.contrast, settings.saturation)
-        self.train_samples = ClassificationSamples(self.train_folder, augment, config.seed)
+        self.train_samples = ClassificationSamples(self.train_folder, train_augment(settings), config.seed)
         self.val_samples = ClassificationSamples(self.val_folder, CenterCrop(settings.input_size), config.seed)
 
     # ----------------------------------------------------------------- state
