@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -58,3 +60,19 @@ def write_bytes(target: str | Path, data: bytes) -> None:
     """Atomically write `data` to `target`."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def fresh_folder(target: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `target` that replaces it (and everything in it) on success, so
+    no earlier file stays and a failure leaves `target` untouched."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

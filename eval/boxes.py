@@ -68,6 +68,19 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
+def yolo_to_xyxy(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Normalised YOLO [cx, cy, w, h] [N, 4] -> xyxy pixels float64; `sizes` [N, 4] or [4] holds
+    (width, height, width, height) of each box's image in pixels."""
+    boxes = torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    return ops.box_convert(boxes, "cxcywh", "xyxy").numpy() * sizes
+
+
+def xyxy_to_yolo(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """xyxy pixels [N, 4] -> normalised YOLO [cx, cy, w, h] float64 (the inverse of yolo_to_xyxy)."""
+    boxes = torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / sizes)
+    return ops.box_convert(boxes, "xyxy", "cxcywh").numpy()
+
+
 def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]

@@ -28,26 +28,22 @@ from __future__ import annotations
 
 import array
 import collections
-import contextlib
 import glob
 import json
-import shutil
-import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
-import torch
-from torchvision.ops import box_convert
 
-from eval.atomic import write_text
-from eval.boxes import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc
+from eval.atomic import fresh_folder, write_text
+from eval.boxes import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_yolo, yolo_to_xyxy
 from eval.datasets import Dataset
 from eval.detections import (
     Detections, ImageDetections, coco_ids, load_detections, results_image_ids, to_coco_results,
     validate_detections,
 )
 from eval.errors import UserError
+from eval.textfile import integer, lines, numbers, text_rows
 
 READ_FORMATS = ("rcnn", "coco", "voc", "ilsvrc", "yolo")
 SAVE_FORMATS = ("coco", "voc", "ilsvrc", "yolo")
@@ -84,7 +80,7 @@ def detect_format(spec: str | Path) -> str:
             return "coco" if handle.read(4096).lstrip().startswith("[") else "rcnn"
     if path.suffix == ".npz":
         return "rcnn"
-    first = next(_lines(path, ""), None)
+    first = next(lines(path, ""), None)
     if first is None:
         return "voc" if "_det_" in path.name else "ilsvrc"
     return "voc" if len(first[1]) == len(VOC_LAYOUT.split()) else "ilsvrc"
@@ -153,36 +149,6 @@ def _group(dataset: Dataset, image: np.ndarray, labels: np.ndarray, scores: np.n
             for i, rows in zip(present.tolist(), parts)}
 
 
-def _lines(path: Path, layout: str, hint: str = "") -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of every non-empty line of text file `path`, each holding the fields of
-    `layout` (any number for an empty layout)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it as text ({exc})") from None
-    count = len(layout.split())
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if fields and count and len(fields) != count:
-            raise UserError(f"{path}:{number}: expected {count} fields '{layout}'{hint}, got {line.strip()[:80]!r}")
-        if fields:
-            yield number, fields
-
-
-def _numbers(fields: list, where: str) -> list[float]:
-    try:
-        return [float(field) for field in fields]
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: expected numbers, got {' '.join(map(str, fields))[:80]!r}") from None
-
-
-def _integer(field: str, where: str, name: str) -> int:
-    try:
-        return int(field)
-    except ValueError:
-        raise UserError(f"{where}: {name} {field!r} is not a whole number") from None
-
-
 def _lookup(mapping: dict, key, where: str, problem: str) -> int:
     try:
         return mapping[key]
@@ -218,10 +184,10 @@ def _read_voc(spec: str, dataset: Dataset) -> Detections:
                             f"{seen[label].name}); give one competition's files, e.g. with a glob")
         seen[label] = path
         table.open(path)
-        for number, fields in _lines(path, VOC_LAYOUT):
+        for number, fields in lines(path, VOC_LAYOUT):
             where = table.where(number)
             image = _lookup(images, fields[0], where, f"image {fields[0]!r} is not in {dataset.name}")
-            table.add(number, image, label, _numbers(fields[1:], where))
+            table.add(number, image, label, numbers(fields[1:], where))
     return table.detections(dataset, _from_inclusive)
 
 
@@ -255,12 +221,12 @@ def _read_ilsvrc(spec: str, dataset: Dataset) -> Detections:
     classes = _classes(dataset, first=1)
     table = _Table()
     table.open(Path(spec))
-    for number, fields in _lines(Path(spec), ILSVRC_LAYOUT):
+    for number, fields in lines(Path(spec), ILSVRC_LAYOUT):
         where = table.where(number)
-        index, class_index = (_integer(f, where, n) for f, n in zip(fields, ("image_index", "class_index")))
+        index, class_index = (integer(f, where, n) for f, n in zip(fields, ("image_index", "class_index")))
         image = _lookup(images, index, where, f"image_index {index} is not an image of {dataset.name}")
         label = _lookup(classes, class_index, where, f"class_index {class_index} is not in 1..{len(classes)}")
-        table.add(number, image, label, _numbers(fields[2:], where))
+        table.add(number, image, label, numbers(fields[2:], where))
     return table.detections(dataset, _from_inclusive)
 
 
@@ -280,22 +246,18 @@ def _read_yolo(spec: str, dataset: Dataset) -> Detections:
     for path in files:
         image = _lookup(images, path.stem, str(path), f"image {path.stem!r} is not in {dataset.name}")
         table.open(path)
-        for number, fields in _lines(path, YOLO_LAYOUT, " (ultralytics: predict with save_conf=True)"):
+        for number, fields in lines(path, YOLO_LAYOUT, " (ultralytics: predict with save_conf=True)"):
             where = table.where(number)
-            class_index = _integer(fields[0], where, "class")
+            class_index = integer(fields[0], where, "class")
             label = _lookup(classes, class_index, where, f"class {class_index} is not in 0..{len(classes) - 1}")
-            cx, cy, w, h, conf = _numbers(fields[1:], where)
+            cx, cy, w, h, conf = numbers(fields[1:], where)
             table.add(number, image, label, [conf, cx, cy, w, h])
-    return table.detections(dataset, lambda boxes, image: _from_normalised(boxes, _sizes(dataset)[image]))
+    return table.detections(dataset, lambda boxes, image: yolo_to_xyxy(boxes, _sizes(dataset)[image]))
 
 
 def _sizes(dataset: Dataset) -> np.ndarray:
     """[width, height, width, height] of every record, float64 [N, 4]."""
     return np.array([[r.width, r.height] * 2 for r in dataset.records], dtype=np.float64).reshape(-1, 4)
-
-
-def _from_normalised(cxcywh: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    return box_convert(torch.from_numpy(cxcywh), "cxcywh", "xyxy").numpy() * sizes
 
 
 def _read_coco(spec: str, dataset: Dataset) -> Detections:
@@ -317,7 +279,7 @@ def _read_coco(spec: str, dataset: Dataset) -> Detections:
         image = _lookup(images, entry["image_id"], where, f"image_id {entry['image_id']!r} is not in {dataset.name}")
         label = _lookup(categories, entry["category_id"], where, f"category_id {entry['category_id']!r} is unknown "
                         f"(expected {min(categories)}..{max(categories)})")
-        table.add(k, image, label, _numbers([entry["score"], *bbox], where))
+        table.add(k, image, label, numbers([entry["score"], *bbox], where))
     return table.detections(dataset, lambda boxes, image: xywh_to_xyxy(boxes))
 
 
@@ -366,25 +328,6 @@ def _flatten(dets: Detections, dataset: Dataset) -> tuple[np.ndarray, np.ndarray
     return image, boxes, scores, labels
 
 
-def _text(*columns) -> list[str]:
-    """Lines of space-separated columns (numbers in their shortest exact form), one per row."""
-    return [" ".join(row) for row in zip(*(np.asarray(c).astype(str) for c in columns))]
-
-
-@contextlib.contextmanager
-def _fresh_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside `target` that replaces it on success, so no earlier file stays."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _write_coco(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
     path = folder / f"detections_{split_of(dataset)}_rcnn_results.json"
     ordered = {r.image_id: dets[r.image_id] for r in dataset.records if r.image_id in dets}
@@ -395,12 +338,12 @@ def _write_coco(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
 def _write_voc(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
     image, boxes, scores, labels = _flatten(dets, dataset)
     ids = np.array([r.image_id for r in dataset.records])[image]
-    lines = np.array(_text(ids, scores, *xyxy_to_voc(boxes).T), dtype=object)
+    rows = np.array(text_rows(ids, scores, *xyxy_to_voc(boxes).T), dtype=object)
     target = folder / "results" / dataset.name.split("/")[0] / "Main"
     names = [f"comp4_det_{split_of(dataset)}_{name}.txt" for name in dataset.classes]
-    with _fresh_folder(target) as tmp:
+    with fresh_folder(target) as tmp:
         for label, name in enumerate(names):
-            (tmp / name).write_text("".join(f"{line}\n" for line in lines[labels == label]), encoding="utf-8")
+            (tmp / name).write_text("".join(f"{row}\n" for row in rows[labels == label]), encoding="utf-8")
     return [target / name for name in names]
 
 
@@ -408,21 +351,20 @@ def _write_ilsvrc(folder: Path, dets: Detections, dataset: Dataset) -> list[Path
     image, boxes, scores, labels = _flatten(dets, dataset)
     index = np.array(ilsvrc_indices(dataset), dtype=np.int64)[image]
     path = folder / f"ilsvrc_{split_of(dataset)}_results.txt"
-    write_text(path, "".join(f"{line}\n" for line in _text(index, labels + 1, scores, *xyxy_to_voc(boxes).T)))
+    write_text(path, "".join(f"{row}\n" for row in text_rows(index, labels + 1, scores, *xyxy_to_voc(boxes).T)))
     return [path]
 
 
 def _write_yolo(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
     image, boxes, scores, labels = _flatten(dets, dataset)
-    normalised = box_convert(torch.from_numpy(boxes.astype(np.float64) / _sizes(dataset)[image]), "xyxy", "cxcywh")
-    lines = _text(labels, *normalised.numpy().T, scores)
+    rows = text_rows(labels, *xyxy_to_yolo(boxes, _sizes(dataset)[image]).T, scores)
     _unique([record.path.stem for record in dataset.records], dataset, "file name")
     present, starts = np.unique(image, return_index=True)  # image is in record order
     stems = [dataset.records[i].path.stem for i in present.tolist()]
     target = folder / "labels"
-    with _fresh_folder(target) as tmp:
-        for stem, start, end in zip(stems, starts.tolist(), [*starts[1:].tolist(), len(lines)]):
-            (tmp / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines[start:end]), encoding="utf-8")
+    with fresh_folder(target) as tmp:
+        for stem, start, end in zip(stems, starts.tolist(), [*starts[1:].tolist(), len(rows)]):
+            (tmp / f"{stem}.txt").write_text("".join(f"{row}\n" for row in rows[start:end]), encoding="utf-8")
     return [target / f"{stem}.txt" for stem in stems]
 
 
