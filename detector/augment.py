@@ -52,6 +52,26 @@ def resize_shorter(image: np.ndarray, side: int) -> np.ndarray:
     return resize(image, max(side, round(width * scale)), max(side, round(height * scale)))
 
 
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.4,
+                       contrast: float = 0.4, saturation: float = 0.4) -> np.ndarray:
+    """Brightness, contrast and saturation jitter of an RGB uint8 [H, W, 3] image, in random order
+    (Howard 2013; torchvision's ColorJitter without hue): each factor drawn from [1 - x, 1 + x]."""
+    pixels = image.astype(np.float32)
+    for which in rng.permutation(3):
+        strength = (brightness, contrast, saturation)[which]
+        if strength <= 0:
+            continue
+        factor = rng.uniform(max(0.0, 1 - strength), 1 + strength)
+        if which == 0:
+            pixels *= factor
+        else:
+            gray = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+            towards = gray.mean() if which == 1 else gray[..., None]
+            pixels = pixels * factor + towards * (1 - factor)
+        np.clip(pixels, 0, 255, out=pixels)
+    return pixels.round().astype(np.uint8)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -92,22 +112,8 @@ class TrainAugment:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Brightness, contrast and saturation jitter in random order (Howard 2013; torchvision's
-        ColorJitter without hue)."""
-        pixels = image.astype(np.float32)
-        for which in rng.permutation(3):
-            strength = (self.brightness, self.contrast, self.saturation)[which]
-            if strength <= 0:
-                continue
-            factor = rng.uniform(max(0.0, 1 - strength), 1 + strength)
-            if which == 0:
-                pixels *= factor
-            else:
-                gray = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
-                towards = gray.mean() if which == 1 else gray[..., None]
-                pixels = pixels * factor + towards * (1 - factor)
-            np.clip(pixels, 0, 255, out=pixels)
-        return pixels.round().astype(np.uint8)
+        """This transform's photometric distortions of `image` (see :func:`photometric_jitter`)."""
+        return photometric_jitter(image, rng, self.brightness, self.contrast, self.saturation)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         top, left, h, w = self.crop_box(*image.shape[:2], rng)

@@ -60,6 +60,10 @@ class TrainConfig:
     lr_gamma: float = 0.1
     warmup_iterations: int = 0
     flip: bool = True  #: random horizontal flip of training images
+    #: roi mode: each training image's shorter side drawn from these pixels (multi-scale training,
+    #: Fast R-CNN; model.roi_max_side scales with it); empty = model.roi_short_side only
+    scales: list[int] = field(default_factory=list)
+    photometric: float = 0.0  #: brightness / contrast / saturation jitter of training images (0 = off)
     ema_decay: float = 0.0  #: Polyak averaging of the weights (0 = off)
     #: trunk batch norm: train (statistics follow the minibatches) | frozen (those of the initial weights kept)
     batchnorm: str = "train"

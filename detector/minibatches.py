@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from detector.augment import photometric_jitter
 from detector.regions import normalize_image, resize_for_roi, roi_inputs, warp_regions
 from detector.sampling import sample_regions
 from eval.boxes import hflip_boxes
@@ -42,6 +43,22 @@ class SamplingSettings:
     mode: str = "crop"  #: crop: warped regions; roi: resized images + RoIs (shared features)
     roi_short_side: int = 600
     roi_max_side: int = 1000
+    scales: tuple[int, ...] = ()  #: roi mode: shorter sides to draw from (empty = roi_short_side)
+    photometric: float = 0.0  #: brightness / contrast / saturation jitter strength (0 = off)
+
+    def __post_init__(self) -> None:
+        if any(side <= 0 for side in self.scales):
+            raise UserError(f"train.scales {list(self.scales)}: shorter sides must be positive pixels")
+        if not 0 <= self.photometric < 1:
+            raise UserError(f"train.photometric {self.photometric}: expected a strength in [0, 1)")
+
+    def roi_sides(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(shorter side, longer-side cap) of one training image: a random scale of `scales`, the
+        cap scaled with it, or the fixed sides when `scales` is empty."""
+        if not self.scales:
+            return self.roi_short_side, self.roi_max_side
+        short = int(self.scales[rng.integers(len(self.scales))])
+        return short, round(self.roi_max_side * short / self.roi_short_side)
 
 
 @dataclass
@@ -102,9 +119,11 @@ class TrainBatches(TorchDataset):
             torch.from_numpy(proposals), torch.from_numpy(gt_boxes), torch.from_numpy(gt_labels),
             num_regions, rng, s.fg_fraction, s.fg_iou, s.bg_iou, s.bbox_iou,
         )
+        if s.photometric:
+            image = photometric_jitter(image, rng, s.photometric, s.photometric, s.photometric)
         normalized = normalize_image(image)
         if s.mode == "roi":
-            resized, scale = resize_for_roi(normalized, s.roi_short_side, s.roi_max_side)
+            resized, scale = resize_for_roi(normalized, *s.roi_sides(rng))
             return (resized, roi_inputs(targets.boxes, index, s.input_size, s.context_pad, scale)), targets
         return warp_regions(normalized, targets.boxes, s.input_size, s.context_pad), targets
 

@@ -197,6 +197,7 @@ class Trainer:
             (train.bg_iou_low, train.bg_iou_high), train.bbox_iou, train.flip,
             config.model.input_size, config.model.context_pad,
             config.model.mode, config.model.roi_short_side, config.model.roi_max_side,
+            tuple(train.scales), train.photometric,
         )
         batches = TrainBatches(
             self.dataset, _ProposalSource(config.proposals, default_cache_dir(config)), settings,

@@ -8,9 +8,11 @@ import torch
 from detector.checkpoint import load_checkpoint
 from detector.config import load_config
 from detector.inference import Detector
+from detector.minibatches import SamplingSettings, TrainBatches
 from detector.model import LightHeadClassifier, SharedFeatureClassifier, build_model
 from detector.regions import resize_for_roi, roi_inputs
 from detector.train import train
+from eval.datasets import DatasetConfig, load_dataset
 from eval.errors import UserError
 from eval.images import load_image
 
@@ -102,3 +104,39 @@ def test_roi_mode_trains_and_detects(tiny_voc, tmp_path, layer):
     detector.test_config.batch_size = 1
     assert torch.allclose(detector.score(image, proposals)[0], scores, atol=1e-5)
     assert len(detector.detect(image, proposals).boxes) > 0
+
+
+def _roi_batches(tiny_voc, **settings) -> TrainBatches:
+    dataset = load_dataset(DatasetConfig(root=str(tiny_voc), train_split="train", classes=["square", "disc"]), "train")
+    boxes = np.array([[10, 10, 60, 60], [50, 20, 150, 110]], np.float32)
+    return TrainBatches(dataset, lambda path: boxes, SamplingSettings(
+        images_per_batch=2, regions_per_batch=16, input_size=32, context_pad=2, mode="roi",
+        roi_short_side=120, roi_max_side=200, **settings), iterations=40)
+
+
+def test_multi_scale_training_draws_each_images_shorter_side(tiny_voc):
+    fixed = {min(image.shape[1:]) for i in range(8) for image in _roi_batches(tiny_voc)[i].inputs[0]}
+    assert fixed == {120}
+    batches = _roi_batches(tiny_voc, scales=(96, 144))
+    sides = [min(image.shape[1:]) for i in range(20) for image in batches[i].inputs[0]]
+    assert set(sides) == {96, 144}
+    # the RoIs follow their image's scale, and a batch is a function of its iteration alone
+    again = batches[7]
+    assert torch.equal(again.inputs[1], batches[7].inputs[1])
+    assert all(torch.equal(a, b) for a, b in zip(again.inputs[0], batches[7].inputs[0]))
+    assert not torch.equal(_roi_batches(tiny_voc)[7].inputs[1], again.inputs[1])
+
+
+def test_photometric_jitter_changes_pixels_not_geometry(tiny_voc):
+    plain, jittered = _roi_batches(tiny_voc)[3], _roi_batches(tiny_voc, photometric=0.4)[3]
+    first = plain.inputs[1][:, 0] == 0  # the first image's regions are drawn before its jitter
+    assert plain.inputs[0][0].shape == jittered.inputs[0][0].shape
+    assert torch.equal(plain.inputs[1][first], jittered.inputs[1][jittered.inputs[1][:, 0] == 0])
+    assert not torch.allclose(plain.inputs[0][0], jittered.inputs[0][0])
+    assert max(float(i.abs().max()) for i in jittered.inputs[0]) < 3  # still normalised 8-bit colours
+
+
+@pytest.mark.parametrize("settings", [{"scales": (0, 100)}, {"photometric": 1.5}])
+def test_bad_augmentation_settings_are_named(settings):
+    with pytest.raises(UserError, match="train.scales|train.photometric"):
+        SamplingSettings(**settings)
