@@ -1,4 +1,5 @@
-"""Dataset readers: PASCAL VOC, ILSVRC DET and COCO, all producing the same per-image record.
+"""Dataset readers: PASCAL VOC, ILSVRC DET, COCO and ultralytics YOLO, all producing the same
+per-image record.
 
 Every reader returns a :class:`Dataset` whose records hold float32 ``xyxy`` boxes in continuous
 pixel coordinates (see :mod:`eval.boxes`), labels as indices into ``Dataset.classes`` (0-based
@@ -11,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.boxes import voc_to_xyxy, xywh_to_xyxy
+from eval.boxes import voc_to_xyxy, xywh_to_xyxy, yolo_to_xyxy
 from eval.errors import AnnotationError, UserError
+from eval.images import image_size
+from eval.yolo import DataYaml, find_data_yaml, label_path, orphan_labels, read_data_yaml, read_labels
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("voc", "ilsvrc_det", "coco")
+FORMATS = ("voc", "ilsvrc_det", "coco", "yolo")
 #: Class lists shipped in configs/classes/, usable by name in `class_file`.
 CLASS_PRESETS = ("voc20", "ilsvrc_det200", "imagenet1k", "coco80")
 
@@ -32,16 +36,21 @@ CLASS_PRESETS = ("voc20", "ilsvrc_det200", "imagenet1k", "coco80")
 class DatasetConfig:
     """Where a dataset lives and how to read it (the ``data:`` section of a config)."""
 
-    format: str = "voc"  #: voc | ilsvrc_det | coco
-    root: str = ""  #: VOCdevkit-style folder (voc), ILSVRC DET devkit folder, or COCO root
+    format: str = "voc"  #: voc | ilsvrc_det | coco | yolo
+    #: VOCdevkit-style folder (voc), ILSVRC DET devkit folder, COCO root, or (yolo) the folder
+    #: holding data.yaml or that file
+    root: str = ""
     train_split: str = "trainval"
     test_split: str = "test"
-    classes: list[str] = field(default_factory=list)  #: foreground names, in label order
+    classes: list[str] = field(default_factory=list)  #: foreground names, in label order (yolo: data.yaml's when empty)
     class_file: str = ""  #: preset name (voc20, ilsvrc_det200, coco80) or a text file, one per line
     skip_unknown_classes: bool = False  #: drop objects of classes not listed instead of failing
     invalid_boxes: str = "clip"  #: clip (warn and clip/drop) | error
     coco_annotations: str = "annotations/instances_{split}.json"  #: relative to root
     coco_images: str = "{split}"  #: image folder relative to root
+    #: yolo: split entries added to data.yaml's (or replacing them), written as there, e.g.
+    #: {test: ../test/images} when data.yaml lacks the key
+    yolo_splits: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,10 +230,7 @@ def _xml_record(
     if not image_path.is_file():
         raise AnnotationError(f"{xml_path}: its image {image_path} does not exist")
     if width <= 0 or height <= 0:
-        from PIL import Image
-
-        with Image.open(image_path) as image:
-            width, height = image.size
+        width, height = image_size(image_path)
     xyxy = voc_to_xyxy(np.array(boxes, dtype=np.float32))
     keep = _sanitize_boxes(xyxy, width, height, str(xml_path), config.invalid_boxes)
     return ImageRecord(
@@ -348,7 +354,59 @@ def read_coco(config: DatasetConfig, split: str) -> Dataset:
     )
 
 
-READERS = {"voc": read_voc, "ilsvrc_det": read_ilsvrc_det, "coco": read_coco}
+# --------------------------------------------------------------------------- ultralytics YOLO
+
+
+def read_yolo(config: DatasetConfig, split: str) -> Dataset:
+    """Ultralytics layout (see eval.yolo): split `split` is a key of data.yaml (train, val, test).
+
+    Image ids are the file names without suffix (paths relative to the data set root when two
+    images share a name). A label file without its image is an error, so is a class list given in
+    the config that is not data.yaml's ``names``; an empty `data.classes` and `class_file` take them.
+    """
+    spec = read_data_yaml(find_data_yaml(config.root), config.yolo_splits)
+    classes, names = _yolo_classes(config, spec)
+    images = spec.images(split)
+    orphans = orphan_labels(images, spec.folders(split))
+    if orphans:
+        raise AnnotationError(f"{orphans[0]}: label file without an image ({len(orphans)} such in split {split})")
+    records = [_yolo_record(image_id, image, len(classes), config)
+               for image_id, image in zip(_image_ids(images, spec.root), images)]
+    return Dataset(name=f"{spec.root.resolve().name}/{split}", classes=classes, display_names=names, records=records)
+
+
+def _yolo_classes(config: DatasetConfig, spec: DataYaml) -> tuple[list[str], list[str]]:
+    """data.yaml's names, checked against the configured class list when there is one."""
+    if not config.classes and not config.class_file:
+        return list(spec.names), list(spec.names)
+    classes, names = resolve_classes(config)
+    if classes != spec.names:
+        raise UserError(f"data.classes / class_file {classes} are not the names in {spec.file}: {spec.names} "
+                        "(same names in the same order, or leave data.classes empty to take them)")
+    return classes, names
+
+
+def _image_ids(images: list[Path], root: Path) -> list[str]:
+    """File names without suffix, or paths relative to `root` without suffix when two names clash."""
+    stems = [image.stem for image in images]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [Path(os.path.relpath(image, root)).with_suffix("").as_posix() for image in images]
+
+
+def _yolo_record(image_id: str, image: Path, num_classes: int, config: DatasetConfig) -> ImageRecord:
+    label_file = label_path(image)
+    labels, cxcywh = read_labels(label_file, num_classes)
+    if not image.is_file():
+        raise AnnotationError(f"{image}: image file not found")
+    width, height = image_size(image)
+    xyxy = yolo_to_xyxy(cxcywh, np.array([width, height] * 2)).astype(np.float32)
+    keep = _sanitize_boxes(xyxy, width, height, str(label_file), config.invalid_boxes)
+    return ImageRecord(image_id=image_id, path=image, width=width, height=height, boxes=xyxy[keep],
+                       labels=labels[keep], ignore=np.zeros(int(keep.sum()), dtype=bool))
+
+
+READERS = {"voc": read_voc, "ilsvrc_det": read_ilsvrc_det, "coco": read_coco, "yolo": read_yolo}
 
 
 def load_dataset(config: DatasetConfig, split: str) -> Dataset:

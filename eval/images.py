@@ -9,11 +9,14 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from eval.errors import ImageReadError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: EXIF orientations that exif_transpose turns by 90 degrees (width and height swap).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -45,11 +48,28 @@ def load_image(path: str | Path) -> np.ndarray:
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _READ_ERRORS as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc})") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(f"{path}: image has zero size {rgb.shape[1]}x{rgb.shape[0]}")
     return rgb
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) in pixels of the image as load_image returns it (EXIF orientation applied),
+    from the file's header without decoding the pixels; ImageReadError naming the file otherwise."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            # PIL decodes a PNG to look for EXIF stored after its pixels: only read EXIF found up front
+            exif = image.getexif() if image.format != "PNG" or "exif" in image.info else {}
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
+    except _READ_ERRORS as exc:
+        raise ImageReadError(f"{path}: cannot read image ({exc})") from None
+    if exif.get(ExifTags.Base.Orientation) in _TRANSPOSING_ORIENTATIONS:
+        return height, width
+    return width, height
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:

@@ -1,6 +1,6 @@
 """Tiny self-made detection sets for tests: coloured squares and discs on textured backgrounds.
 
-Written in the real on-disk layouts (VOCdevkit, ILSVRC DET devkit) so that the readers, proposal
+Written in the real on-disk layouts (VOCdevkit, ILSVRC DET devkit, ultralytics YOLO) so that the readers, proposal
 extraction, training and evaluation run end to end without downloading anything.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
 CLASSES = ("square", "disc")
@@ -53,11 +54,13 @@ def _voc_xml(filename: str, width: int, height: int, objects, difficult=()) -> s
 
 
 def make_voc_dataset(
-    root: str | Path, splits: dict[str, int] | None = None, size=(160, 120), max_objects: int = 2, seed: int = 0
+    root: str | Path, splits: dict[str, int] | None = None, size=(160, 120), max_objects: int = 2, seed: int = 0,
+    difficult_images: int = 0,
 ) -> Path:
     """Write a VOCdevkit-style set (JPEGImages, Annotations, ImageSets/Main) and return its root.
 
-    `splits` maps split name -> number of images (default train 8, test 4).
+    `splits` maps split name -> number of images (default train 8, test 4); the first object of
+    the first `difficult_images` images of each split is marked difficult.
     """
     root = Path(root)
     splits = splits or {"train": 8, "test": 4}
@@ -71,10 +74,36 @@ def make_voc_dataset(
             image, objects = _draw_image(rng, size[0], size[1], max_objects)
             image.save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
             (root / "Annotations" / f"{image_id}.xml").write_text(
-                _voc_xml(f"{image_id}.jpg", size[0], size[1], objects)
+                _voc_xml(f"{image_id}.jpg", size[0], size[1], objects, difficult=(0,) if i < difficult_images else ())
             )
             ids.append(image_id)
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def make_yolo_dataset(
+    root: str | Path, splits: dict[str, int] | None = None, size=(160, 120), max_objects: int = 2, seed: int = 0
+) -> Path:
+    """Write an ultralytics-layout set (``data.yaml``, ``<split>/images/*.jpg``, ``<split>/labels/
+    *.txt``) and return its root: the same images and objects as make_voc_dataset with equal
+    arguments. `splits` maps data.yaml split key -> number of images (default train 8, val 4).
+    """
+    root = Path(root)
+    splits = splits or {"train": 8, "val": 4}
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for split, count in splits.items():
+        for folder in ("images", "labels"):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image_id = f"{split}_{i:04d}"
+            image, objects = _draw_image(rng, width, height, max_objects)
+            image.save(root / split / "images" / f"{image_id}.jpg", quality=92)
+            lines = [f"{CLASSES.index(name)} {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} "
+                     f"{(x2 - x1) / width} {(y2 - y1) / height}\n" for name, (x1, y1, x2, y2) in objects]
+            (root / split / "labels" / f"{image_id}.txt").write_text("".join(lines))
+    spec = {**{split: f"{split}/images" for split in splits}, "nc": len(CLASSES), "names": list(CLASSES)}
+    (root / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return root
 
 

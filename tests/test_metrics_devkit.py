@@ -160,7 +160,7 @@ def test_bad_detections_are_rejected(metric):
 
 
 def test_metric_names():
-    assert [default_metric(f) for f in ("voc", "ilsvrc_det", "coco")] == ["voc07", "ilsvrc", "coco"]
+    assert [default_metric(f) for f in ("voc", "ilsvrc_det", "coco", "yolo")] == ["voc07", "ilsvrc", "coco", "coco"]
     assert resolve_metric("auto", "coco") == "coco" and resolve_metric("voc10", "coco") == "voc10"
     with pytest.raises(UserError, match="'map50'"):
         resolve_metric("map50", "voc")

@@ -22,7 +22,8 @@ from eval.metrics.result import EvalResult
 
 METRICS = ("voc07", "voc10", "ilsvrc", "coco")
 #: data.format -> the metric that dataset's own benchmark uses.
-DEFAULT_METRICS = {"voc": "voc07", "ilsvrc_det": "ilsvrc", "coco": "coco"}
+#: yolo: COCO AP@[.5:.95], the mAP50-95 ultralytics reports.
+DEFAULT_METRICS = {"voc": "voc07", "ilsvrc_det": "ilsvrc", "coco": "coco", "yolo": "coco"}
 
 __all__ = ["METRICS", "EvalResult", "Evaluator", "default_metric", "make_evaluator", "resolve_metric"]
 
@@ -38,7 +39,7 @@ class Evaluator(Protocol):
 
 
 def default_metric(format: str) -> str:
-    """The metric of a data.format: voc -> voc07, ilsvrc_det -> ilsvrc, coco -> coco."""
+    """The metric of a data.format: voc -> voc07, ilsvrc_det -> ilsvrc, coco and yolo -> coco."""
     if format not in DEFAULT_METRICS:
         raise UserError(f"data.format {format!r}: no default metric (known: {', '.join(DEFAULT_METRICS)})")
     return DEFAULT_METRICS[format]
