@@ -7,8 +7,9 @@ exactly once; they can share one cache folder or have theirs merged by copying. 
 is reported and the others are still stored; the exit status is then 2.
 
 --report measures each method in --methods (per method: boxes/image, recall@0.5/0.7, MABO,
-average recall over IoU 0.5..1, s/image), prints a Markdown table and writes recall.json,
-recall.png and config.yaml to --out.
+average recall over IoU 0.5..1, s/image; and objects, recall@0.5/0.7 and AR for COCO's small /
+medium / large objects: box area < 32², < 96², larger, in original-image pixels), prints them as
+Markdown tables and writes recall.json, recall.png and config.yaml to --out.
 
 examples:
   rcnn proposals --config animals_voc --split test --workers 2
@@ -33,7 +34,7 @@ from eval.errors import UserError
 from proposals.cache import default_cache_dir
 from proposals.config import BACKEND_PARAMS, PRESETS, validate
 from proposals.extract import ImageResult, default_workers, extract, parse_shard, shard
-from proposals.report import markdown_table, method_config, summarize, write_report
+from proposals.report import markdown_table, method_config, size_table, summarize, write_report
 
 
 def _positive_int(text: str) -> int:
@@ -125,6 +126,8 @@ def _report(args: argparse.Namespace, config: Any, dataset: Dataset, records: li
     _save_config(config, out_dir)
     print(f"{dataset.name}: {len(records)} images, {summaries[0].objects} objects\n")
     print(markdown_table(summaries))
+    print("\nby object size (box area in original-image pixels: small < 32², medium < 96², large):\n")
+    print(size_table(summaries))
     print(f"\nwrote {out_dir / 'recall.json'} and {out_dir / 'recall.png'}")
     _raise_on_failures(all_results, out_dir)
     return 0

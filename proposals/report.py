@@ -7,7 +7,9 @@ Measures (ignored ground truth, e.g. VOC ``difficult``, left out; images that fa
 - AR: average recall over IoU 0.5..1.0, ``2 * integral_{0.5}^{1} recall(t) dt`` (Hosang et al.
   2016), computed exactly as ``2 * mean(max(best_overlap - 0.5, 0))``;
 - seconds/image: search + post-processing time of one worker on one core, measured when the
-  proposals were computed (stored with them in the cache).
+  proposals were computed (stored with them in the cache);
+- by object size: the recall figures of the ground-truth boxes in each of COCO's area ranges
+  (SIZE_RANGES: small < 32², medium < 96², large; box area in original-image pixels).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from proposals.extract import ImageResult
 
 #: IoU thresholds of the recall-vs-IoU curve.
 CURVE_IOUS = np.round(np.linspace(0.5, 1.0, 51), 2)
+#: COCO's object sizes: [low, high) ground-truth box area in square pixels of the original image.
+SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, np.inf)}
 
 
 @dataclass
@@ -49,6 +53,8 @@ class MethodSummary:
     average_recall: float
     seconds_per_image: float
     curve_recall: list[float] = field(default_factory=list)  #: recall at each of CURVE_IOUS
+    #: SIZE_RANGES name -> {objects, recall_50, recall_70, mabo, average_recall} (None without objects)
+    by_size: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 def method_config(spec: str, base: ProposalConfig) -> ProposalConfig:
@@ -80,25 +86,38 @@ def summarize(
     label: str, config: ProposalConfig, records: Sequence[ImageRecord], results: Sequence[ImageResult]
 ) -> MethodSummary:
     """Recall figures of `results` (boxes kept) against `records`' ground truth, same order."""
-    overlaps, labels = [], []
+    overlaps, labels, areas = [], [], []
     done = [(record, result) for record, result in zip(records, results) if not result.error]
     for record, result in done:
-        keep = ~record.ignore
-        overlaps.append(best_overlaps(record.boxes[keep], result.boxes))
-        labels.append(record.labels[keep])
+        gt = record.boxes[~record.ignore]
+        overlaps.append(best_overlaps(gt, result.boxes))
+        labels.append(record.labels[~record.ignore])
+        areas.append((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]))
     if not overlaps or not sum(len(o) for o in overlaps):
         raise UserError(f"{label}: no image with ground-truth boxes succeeded; nothing to measure recall on")
-    best, classes = np.concatenate(overlaps), np.concatenate(labels)
+    best, classes, area = np.concatenate(overlaps), np.concatenate(labels), np.concatenate(areas)
     return MethodSummary(
         label=label, method=config.method, preset=config.preset, params=backend_params(config),
-        images=len(done), failed=len(results) - len(done), objects=len(best),
+        images=len(done), failed=len(results) - len(done),
         boxes_per_image=float(np.mean([result.n_boxes for _, result in done])),
-        recall_50=float(np.mean(best >= 0.5)), recall_70=float(np.mean(best >= 0.7)),
-        mabo=float(np.mean([best[classes == c].mean() for c in np.unique(classes)])),
-        average_recall=float(np.mean(2 * np.clip(best - 0.5, 0, None))),
+        **recall_figures(best, classes),
         seconds_per_image=float(np.mean([result.seconds for _, result in done])),
         curve_recall=[float(np.mean(best >= t)) for t in CURVE_IOUS],
+        by_size={size: recall_figures(best[(area >= low) & (area < high)], classes[(area >= low) & (area < high)])
+                 for size, (low, high) in SIZE_RANGES.items()},
     )
+
+
+def recall_figures(best: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """objects, recall_50, recall_70, mabo and average_recall of ground-truth boxes with best
+    overlaps `best` [G] and class labels `classes` [G]; the fractions are None when G = 0."""
+    if len(best) == 0:
+        return {"objects": 0, "recall_50": None, "recall_70": None, "mabo": None, "average_recall": None}
+    return {
+        "objects": len(best), "recall_50": float(np.mean(best >= 0.5)), "recall_70": float(np.mean(best >= 0.7)),
+        "mabo": float(np.mean([best[classes == c].mean() for c in np.unique(classes)])),
+        "average_recall": float(np.mean(2 * np.clip(best - 0.5, 0, None))),
+    }
 
 
 def markdown_table(summaries: Sequence[MethodSummary]) -> str:
@@ -114,6 +133,26 @@ def markdown_table(summaries: Sequence[MethodSummary]) -> str:
             f"{s.seconds_per_image:.2f} |"
         )
     return "\n".join(lines)
+
+
+def size_table(summaries: Sequence[MethodSummary]) -> str:
+    """One Markdown row per method with a column set per object size (SIZE_RANGES): objects,
+    recall@0.5, recall@0.7 and AR (percent; "-" for a size without objects)."""
+    header, rows = ["method"], []
+    for size in SIZE_RANGES:
+        header += [f"{size} objects", f"{size} recall@0.5", f"{size} recall@0.7", f"{size} AR"]
+    for s in summaries:
+        row = [s.label]
+        for size in SIZE_RANGES:
+            figures = s.by_size[size]
+            row += [str(figures["objects"])] + [_percent(figures[key]) for key in ("recall_50", "recall_70", "average_recall")]
+        rows.append(row)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def save_plot(summaries: Sequence[MethodSummary], path: Path, title: str) -> None:

@@ -15,7 +15,7 @@ from proposals import propose, propose_with_config
 from proposals.cache import cache_path, cached_proposals, default_cache_dir, load_or_compute
 from proposals.config import ProposalConfig, backend_params, effective_max_boxes
 from proposals.extract import extract, parse_shard, shard
-from proposals.report import best_overlaps, method_config, summarize
+from proposals.report import best_overlaps, method_config, size_table, summarize
 from proposals.search import postprocess
 
 FAST = ProposalConfig(max_side=200, max_boxes=300)
@@ -247,6 +247,31 @@ def test_recall_summary_on_known_boxes():
         method_config("fastest", FAST)
 
 
+def test_recall_by_coco_object_size():
+    from eval.datasets import ImageRecord
+    from proposals.extract import ImageResult
+
+    # areas: 100 (small), 31x33 = 1023 (small), 32x32 = 1024 (medium), 96x96 (large), 10x10 ignored
+    gt = np.array([[0, 0, 10, 10], [0, 0, 31, 33], [50, 50, 82, 82], [100, 0, 196, 96], [0, 0, 10, 10]], np.float32)
+    ignore = np.array([False, False, False, False, True])
+    record = ImageRecord("a", Path("a.jpg"), 200, 200, gt, np.array([0, 1, 0, 1, 0]), ignore)
+    proposals = np.array([[0, 0, 10, 10], [50, 50, 82, 66], [100, 0, 196, 96]], np.float32)  # IoU 1, 0.5, 1
+    result = ImageResult(path=Path("a.jpg"), n_boxes=3, seconds=0.1, boxes=proposals)
+    s = summarize("x", FAST, [record], [result])
+    small, medium, large = (s.by_size[size] for size in ("small", "medium", "large"))
+    assert (small["objects"], small["recall_50"], small["mabo"]) == (2, 0.5, pytest.approx((1 + 100 / 1023) / 2))
+    assert (medium["objects"], medium["recall_50"], medium["recall_70"], medium["average_recall"]) == (1, 1, 0, 0)
+    assert (large["objects"], large["recall_70"], large["average_recall"]) == (1, 1, 1)
+    assert sum(f["objects"] for f in s.by_size.values()) == s.objects == 4
+    table = size_table([s]).splitlines()
+    assert table[0].startswith("| method | small objects | small recall@0.5 | small recall@0.7 | small AR |")
+    assert table[2] == "| x | 2 | 50.0 | 50.0 | 50.0 | 1 | 100.0 | 0.0 | 0.0 | 1 | 100.0 | 100.0 | 100.0 |"
+    empty = summarize("y", FAST, [record], [ImageResult(path=Path("a.jpg"), n_boxes=1, seconds=0.1, boxes=gt[:1])])
+    assert "| y | 2 | 50.0 |" in size_table([empty])
+    record.boxes, record.labels, record.ignore = gt[:1], np.array([0]), ignore[:1]  # no medium or large boxes
+    assert size_table([summarize("z", FAST, [record], [result])]).endswith("| 0 | - | - | - | 0 | - | - | - |")
+
+
 def test_recall_on_real_photos(animals_voc, tmp_path):
     data = DatasetConfig(root=str(animals_voc), classes=["raccoon", "kangaroo"])
     records = load_dataset(data, "test").records[:2]
@@ -280,6 +305,9 @@ def test_cli_extracts_resumes_and_reports(tiny_voc, tmp_path, capsys):
     assert "| opencv-fast | 4 |" in out and "| googlenet | 4 |" in out
     report = json.loads((tmp_path / "report" / "recall.json").read_text())
     assert [m["label"] for m in report["methods"]] == ["opencv-fast", "googlenet"]
+    assert "| method | small objects |" in out
+    by_size = report["methods"][0]["by_size"]
+    assert sum(f["objects"] for f in by_size.values()) == report["methods"][0]["objects"]
     assert (tmp_path / "report" / "recall.png").stat().st_size > 0
     assert (tmp_path / "report" / "config.yaml").is_file()
 
