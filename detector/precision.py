@@ -2,7 +2,9 @@
 
 ``auto`` picks bf16 autocast only on CPUs with native bf16 matrix units (AMX or AVX512-BF16),
 where it is ~2x faster than fp32; elsewhere bf16 is emulated and several times slower, so fp32
-with channels_last is used. On CUDA ``auto`` is fp16 automatic mixed precision.
+with channels_last is used. On CUDA ``auto`` is fp16 automatic mixed precision. ``int8`` (static
+quantisation) is for detection from checkpoints only: detector.quantize builds it, and its
+``inference_precision`` lets ``auto`` pick int8 where it measured faster and agreeing with fp32.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 
 from eval.errors import UserError
 
-CHOICES = ("auto", "fp32", "bf16", "fp16")
+CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -33,13 +35,17 @@ def default_device() -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """Autocast dtype (None = fp32) on a device, and a human-readable description."""
+    """Autocast dtype (None = fp32) on a device, or int8 (the scorers' quantised networks, which
+    take fp32 inputs), and a human-readable description."""
 
     device: torch.device
     dtype: torch.dtype | None
+    int8: bool = False
 
     @property
     def description(self) -> str:
+        if self.int8:
+            return f"int8 static quantisation on {self.device.type}"
         name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 AMP"}[self.dtype]
         layout = ", channels_last" if self.device.type == "cpu" else ""
         return f"{name}{layout} on {self.device.type}"
@@ -60,6 +66,9 @@ def resolve_precision(name: str, device: torch.device | None = None) -> Precisio
         if device.type == "cuda":
             return Precision(device, torch.float16)
         return Precision(device, torch.bfloat16 if cpu_has_fast_bf16() else None)
+    if name == "int8":
+        raise UserError("precision int8 is for detection from checkpoints only (test.precision of detect / rcnn eval); "
+                        "use auto, fp32 or bf16 here")
     if name == "fp16" and device.type == "cpu":
         raise UserError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return Precision(device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name])

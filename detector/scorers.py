@@ -7,6 +7,7 @@ checkpoint; ``ImageNetScorer`` is the no-training default: torchvision's ImageNe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +63,13 @@ class FineTunedScorer(RegionScorer):
     """A checkpoint from ``rcnn train``: softmax probabilities and box deltas of the network, or
     R-CNN SVM margins and ridge deltas when the checkpoint holds an SVM head."""
 
-    def __init__(self, *args, svm: SvmHead | None = None, roi_sides: tuple[int, int] = (600, 1000), **kwargs) -> None:
+    def __init__(self, *args, svm: SvmHead | None = None, roi_sides: tuple[int, int] = (600, 1000),
+                 checkpoint: Path | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.svm = svm
         self.roi_sides = roi_sides  #: (short, max) image sides of a shared-feature (roi) model
+        self.checkpoint = checkpoint  #: the file the weights came from (keys the int8 cache)
+        self.int8: nn.Module | None = None  #: the int8 network (detector.quantize), run under int8 precision
 
     @property
     def shares_features(self) -> bool:
@@ -81,7 +85,15 @@ class FineTunedScorer(RegionScorer):
         roi_sides = (model_config.get("roi_short_side", 600), model_config.get("roi_max_side", 1000))
         return cls(model, list(state["classes"]), list(state.get("display_names", state["classes"])),
                    model_config.get("input_size", 224), model_config.get("context_pad", 16), str(path),
-                   svm=svm, roi_sides=roi_sides)
+                   svm=svm, roi_sides=roi_sides, checkpoint=Path(path))
+
+    def _network(self, precision: Precision) -> nn.Module:
+        """The network `precision` runs: the int8 one under int8, else the float one."""
+        if not precision.int8:
+            return self.network
+        if self.int8 is None:
+            raise ValueError(f"{self.name}: precision int8 without an int8 network (see detector.quantize)")
+        return self.int8
 
     def _scores(self, out) -> RegionScores:
         if self.svm is not None:
@@ -94,10 +106,12 @@ class FineTunedScorer(RegionScorer):
         trunk pass, then RoIAlign (+ inception 5 for roi_layer 4e) + heads in chunks of
         `batch_size` regions."""
         resized, scale = resize_for_roi(image, *self.roi_sides)
+        network = self._network(precision)
         with precision.autocast():
-            shared = self.network.image_features([prepare_input(resized, precision)])[2]
+            resized = prepare_input(resized, precision)
+            shared = network.shared_map(resized[None]) if precision.int8 else network.image_features([resized])[2]
             parts = [
-                self._scores(self.network.pooled_outputs(
+                self._scores(network.pooled_outputs(
                     shared, prepare_input(roi_inputs(chunk, 0, self.input_size, self.context_pad, scale), precision)))
                 for chunk in boxes.split(batch_size)
             ]
@@ -105,7 +119,7 @@ class FineTunedScorer(RegionScorer):
 
     def __call__(self, regions: torch.Tensor, precision: Precision) -> RegionScores:
         with precision.autocast():
-            out = self.network(prepare_input(regions, precision))
+            out = self._network(precision)(prepare_input(regions, precision))
         return self._scores(out)
 
 
