@@ -1,0 +1,191 @@
+"""int8 inference (detector.quantize): agreement with fp32, the per-checkpoint cache, fallbacks,
+`auto`'s choice and detection with test.precision=int8, on small He-initialised models."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detector import quantize
+from detector.checkpoint import save_checkpoint
+from detector.config import load_config
+from detector.inference import Detector
+from detector.model import build_model
+from detector.precision import resolve_precision
+from detector.scorers import FineTunedScorer
+from eval.errors import UserError
+from eval.images import load_image
+
+CPU = torch.device("cpu")
+LIGHT = {"mode": "roi", "roi_layer": "5b-dilated", "roi_short_side": 96, "roi_max_side": 128}
+
+
+def _checkpoint(path: Path, seed: int = 0, **settings) -> Path:
+    """A checkpoint of a random model with He-normal convolutions, so that regions get distinct
+    logits of order 1 (torchvision's init gives near-ties that any rounding flips)."""
+    torch.manual_seed(seed)
+    settings = {"mode": "crop", "input_size": 64, "context_pad": 4, **settings}
+    model = build_model(2, aux_classifiers=False, mode=settings["mode"], roi_layer=settings.get("roi_layer", "4e"))
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    nn.init.normal_(model.cls_score.weight, std=0.05)
+    save_checkpoint(path, {"model": model.state_dict(), "classes": ["square", "disc"], "config": {"model": settings}})
+    return path
+
+
+def _config(tiny_voc: Path, tmp_path: Path, *extra: str):
+    return load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "test.int8_calibration_images=4",
+                                "test.precision=int8", *extra])
+
+
+@pytest.fixture(autouse=True)
+def lenient(monkeypatch):
+    """A low agreement bar: a random model's regions are near-ties
+    (top-2 margins ~0.1 logit) that int8 rounding flips (the bar itself:
+    test_low_agreement_runs_fp32, test_auto_picks_the_fastest_agreeing_precision)."""
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.5)
+
+
+@pytest.fixture
+def crop_weights(tmp_path) -> Path:
+    return _checkpoint(tmp_path / "crop.pt")
+
+
+def _no_calibration(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(quantize, "calibrate", refuse)
+
+
+def test_int8_agrees_with_fp32_and_is_cached(tiny_voc, tmp_path, crop_weights, monkeypatch):
+    config = _config(tiny_voc, tmp_path)
+    scorer = FineTunedScorer.from_checkpoint(str(crop_weights))
+    precision = quantize.inference_precision([scorer], config, CPU)
+    assert precision.int8 and scorer.int8 is not None
+    files = list(tmp_path.glob("crop.pt.int8-*.pt"))
+    assert [f.name for f in files] == [f"crop.pt.int8-{quantize.cache_key(crop_weights, config)}.pt"]
+    state = torch.load(files[0], weights_only=True)  # tensors and plain data only
+    assert state["measured"]["int8"]["agreement"] >= quantize.MIN_AGREEMENT
+    assert state["regions"] == {"calibration": 3 * quantize.REGIONS_PER_IMAGE, "held_out": quantize.REGIONS_PER_IMAGE}
+
+    samples = quantize.calibration_samples(config)
+    fp32 = quantize.score_samples(scorer, samples, resolve_precision("fp32", CPU), 16)
+    int8 = quantize.score_samples(scorer, samples, precision, 16)
+    agree = fp32.argmax(1) == int8.argmax(1)
+    top2 = fp32.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 0.05  # probability margin: not a near-tie
+    assert clear.sum() >= 10 and agree[clear].all() and agree.float().mean() >= 0.7
+    assert (fp32 - int8).abs().max() < 0.1
+
+    _no_calibration(monkeypatch)  # a second build reads the cache, the rebuilt network scores the same
+    again = FineTunedScorer.from_checkpoint(str(crop_weights))
+    assert quantize.inference_precision([again], config, CPU).int8
+    torch.testing.assert_close(quantize.score_samples(again, samples, precision, 16), int8)
+
+
+def test_cache_keyed_by_checkpoint_content(tiny_voc, tmp_path, crop_weights, monkeypatch):
+    config = _config(tiny_voc, tmp_path)
+    first = quantize.cache_key(crop_weights, config)
+    quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))], config, CPU)
+    _checkpoint(crop_weights, seed=1)  # same file name, other weights
+    assert quantize.cache_key(crop_weights, config) != first
+    _no_calibration(monkeypatch)
+    with pytest.raises(AssertionError, match="calibrated again"):
+        quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))], config, CPU)
+
+
+def test_unsafe_or_foreign_cache_is_rebuilt(tiny_voc, tmp_path, crop_weights, caplog):
+    config = _config(tiny_voc, tmp_path)
+    path = quantize.cache_files(crop_weights, quantize.cache_key(crop_weights, config))[0]
+    torch.save({"format": quantize.FORMAT, "evil": Path("x")}, path)  # pickles a class
+    with caplog.at_level(logging.WARNING):
+        assert quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))], config, CPU).int8
+    assert "refused" in caplog.text and "rebuilding" in caplog.text
+    assert torch.load(path, weights_only=True)["format"] == quantize.FORMAT
+
+
+def test_read_only_folder_caches_elsewhere(tiny_voc, tmp_path, crop_weights, monkeypatch):
+    monkeypatch.setattr(quantize, "CACHE_DIR", tmp_path / "user-cache")
+    monkeypatch.setattr(quantize.os, "access", lambda path, mode: False)
+    config = _config(tiny_voc, tmp_path)
+    quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))], config, CPU)
+    assert len(list((tmp_path / "user-cache").glob("crop.pt.int8-*.pt"))) == 1
+    assert not list(tmp_path.glob("crop.pt.int8-*.pt"))
+
+
+def test_fallbacks(tiny_voc, tmp_path, crop_weights, monkeypatch, caplog):
+    config = _config(tiny_voc, tmp_path)
+    scorer = FineTunedScorer.from_checkpoint(str(crop_weights))
+    assert "CPU only" in quantize.int8_problem([scorer], torch.device("cuda"))
+    monkeypatch.setattr(quantize, "ENGINE", "no-such-engine")  # a PyTorch without the x86 engine
+    with caplog.at_level(logging.WARNING):
+        precision = quantize.inference_precision([scorer], config, CPU)
+    assert not precision.int8 and precision.dtype is None
+    assert "no no-such-engine quantized engine" in caplog.text and "running fp32" in caplog.text
+    assert not list(tmp_path.glob("*.int8-*.pt"))
+
+
+def test_low_agreement_runs_fp32(tiny_voc, tmp_path, crop_weights, monkeypatch, caplog):
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)
+    with caplog.at_level(logging.WARNING):
+        precision = quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))],
+                                                 _config(tiny_voc, tmp_path), CPU)
+    assert not precision.int8 and "agreement with fp32" in caplog.text
+
+
+def test_int8_is_for_detection_only():
+    with pytest.raises(UserError, match="detection from checkpoints only"):
+        resolve_precision("int8", CPU)  # e.g. train.precision=int8
+
+
+def test_auto_picks_the_fastest_agreeing_precision(monkeypatch):
+    totals = {"fp32": {"seconds": 10.0, "agreement": 1.0}, "bf16": {"seconds": 6.0, "agreement": 1.0},
+              "int8": {"seconds": 3.0, "agreement": 0.995}}
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 0.99)
+    assert quantize.fastest(totals) == "int8"
+    totals["int8"]["agreement"] = 0.985
+    assert quantize.fastest(totals) == "bf16"
+    totals["bf16"]["seconds"] = 12.0
+    assert quantize.fastest(totals) == "fp32"
+    assert quantize.summary([{"fp32": {"seconds": 1.0, "agreement": 1.0}, "int8": {"seconds": 0.5, "agreement": 0.99}},
+                             {"fp32": {"seconds": 2.0, "agreement": 1.0}, "int8": {"seconds": 0.5, "agreement": 1.0}}]) \
+        == {"fp32": {"seconds": 3.0, "agreement": 1.0}, "int8": {"seconds": 1.0, "agreement": 0.99}}
+
+
+def test_auto_without_checkpoint_stays_cheap(tiny_voc, tmp_path, monkeypatch):
+    _no_calibration(monkeypatch)
+    scorer = FineTunedScorer(build_model(2, aux_classifiers=False).eval(), ["a", "b"], ["a", "b"], 64, 4, "random")
+    config = _config(tiny_voc, tmp_path, "test.precision=auto")
+    assert quantize.inference_precision([scorer], config, CPU) == resolve_precision("auto", CPU)
+
+
+def test_auto_uses_the_cached_decision(tiny_voc, tmp_path, crop_weights, monkeypatch):
+    config = _config(tiny_voc, tmp_path, "test.precision=auto")
+    scorer = FineTunedScorer.from_checkpoint(str(crop_weights))
+    precision = quantize.inference_precision([scorer], config, CPU)
+    state = torch.load(next(tmp_path.glob("crop.pt.int8-*.pt")), weights_only=True)
+    assert precision == quantize.candidates(CPU)[quantize.fastest(quantize.summary([state["measured"]]))]
+    assert (scorer.int8 is not None) == precision.int8
+    _no_calibration(monkeypatch)
+    assert quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))], config, CPU) == precision
+
+
+@pytest.mark.parametrize("settings", [{}, LIGHT], ids=["crop", "light-head"])
+def test_detector_runs_int8(tiny_voc, tmp_path, settings):
+    weights = _checkpoint(tmp_path / "model.pt", **settings)
+    detector = Detector.from_weights([str(weights)], _config(tiny_voc, tmp_path))
+    assert detector.precision.int8 and detector.precision.description.startswith("int8")
+    assert detector.scorers[0].shares_features == bool(settings)
+    image = load_image(tiny_voc / "JPEGImages" / "test_0000.jpg")
+    proposals = np.array([[10, 10, 60, 60], [50, 20, 150, 110], [0, 0, 160, 120]], np.float32)
+    scores, boxes = detector.score(image, proposals)
+    assert scores.shape == (1, 3, 3) and boxes.shape == (1, 3, 2, 4)
+    torch.testing.assert_close(scores.sum(-1), torch.ones(1, 3))
+    result = detector.detect(image, proposals)
+    assert len(result.boxes) == len(result.scores) > 0
