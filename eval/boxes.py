@@ -1,4 +1,4 @@
-"""Box operations, the one place for them. Built on torchvision.ops.
+"""Box operations on tensors, built on torchvision.ops (file-format conversions: eval.box_formats).
 
 Convention: float ``xyxy`` boxes in pixels with continuous coordinates (torchvision's), so a box
 covering VOC's 1-based inclusive pixels ``xmin..xmax`` is ``[xmin - 1, xmax]`` and its width is
@@ -42,43 +42,6 @@ def hflip_boxes(boxes, width: float):
     """Boxes [N, 4] (numpy array or tensor) of the image mirrored horizontally (width in px)."""
     stack = torch.stack if isinstance(boxes, torch.Tensor) else np.stack
     return stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-
-
-def voc_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """1-based inclusive pixel boxes (VOC/ILSVRC XML) [N, 4] -> continuous xyxy float32."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return boxes - np.array([1, 1, 0, 0], dtype=np.float32)
-
-
-def xyxy_to_voc(boxes: np.ndarray) -> np.ndarray:
-    """Continuous xyxy [N, 4] -> 1-based inclusive pixel boxes (the devkits' convention)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return boxes + np.array([1, 1, 0, 0], dtype=np.float64)
-
-
-def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """COCO [x, y, w, h] [N, 4] -> xyxy float32."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-
-
-def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
-    """xyxy [N, 4] -> COCO [x, y, w, h]."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-
-
-def yolo_to_xyxy(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Normalised YOLO [cx, cy, w, h] [N, 4] -> xyxy pixels float64; `sizes` [N, 4] or [4] holds
-    (width, height, width, height) of each box's image in pixels."""
-    boxes = torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
-    return ops.box_convert(boxes, "cxcywh", "xyxy").numpy() * sizes
-
-
-def xyxy_to_yolo(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """xyxy pixels [N, 4] -> normalised YOLO [cx, cy, w, h] float64 (the inverse of yolo_to_xyxy)."""
-    boxes = torch.from_numpy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / sizes)
-    return ops.box_convert(boxes, "xyxy", "cxcywh").numpy()
 
 
 def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:

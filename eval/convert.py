@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from eval.atomic import fresh_folder
-from eval.boxes import xyxy_to_voc, xyxy_to_yolo
+from eval.box_formats import xyxy_to_voc, xyxy_to_yolo
 from eval.datasets import Dataset, ImageRecord
 from eval.errors import ImageReadError, UserError
 from eval.metrics.coco import ground_truth_json

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.boxes import voc_to_xyxy, xywh_to_xyxy, yolo_to_xyxy
+from eval.box_formats import voc_to_xyxy, xywh_to_xyxy, yolo_to_xyxy
 from eval.errors import AnnotationError, UserError
 from eval.images import image_size
 from eval.yolo import DataYaml, find_data_yaml, label_path, orphan_labels, read_data_yaml, read_labels
@@ -66,6 +66,7 @@ class ImageRecord:
     ignore: np.ndarray
     coco_id: int | None = None  #: the integer id of COCO images (for results JSON)
     list_index: int | None = None  #: ILSVRC DET: the image's index in the split list (submission files)
+    dropped: int = 0  #: annotated boxes left out as empty or inverted (data.invalid_boxes: clip)
 
 
 @dataclass
@@ -241,6 +242,7 @@ def _xml_record(
         boxes=xyxy[keep],
         labels=np.array(labels, dtype=np.int64).reshape(-1)[keep],
         ignore=np.array(difficult, dtype=bool).reshape(-1)[keep],
+        dropped=int((~keep).sum()),
     )
 
 
@@ -341,6 +343,7 @@ def read_coco(config: DatasetConfig, split: str) -> Dataset:
                 boxes=xyxy[keep],
                 labels=np.array(labels, dtype=np.int64).reshape(-1)[keep],
                 ignore=np.array(ignore, dtype=bool).reshape(-1)[keep],
+                dropped=int((~keep).sum()),
                 coco_id=int(image_id),
             )
         )
@@ -403,7 +406,8 @@ def _yolo_record(image_id: str, image: Path, num_classes: int, config: DatasetCo
     xyxy = yolo_to_xyxy(cxcywh, np.array([width, height] * 2)).astype(np.float32)
     keep = _sanitize_boxes(xyxy, width, height, str(label_file), config.invalid_boxes)
     return ImageRecord(image_id=image_id, path=image, width=width, height=height, boxes=xyxy[keep],
-                       labels=labels[keep], ignore=np.zeros(int(keep.sum()), dtype=bool))
+                       labels=labels[keep], ignore=np.zeros(int(keep.sum()), dtype=bool),
+                       dropped=int((~keep).sum()))
 
 
 READERS = {"voc": read_voc, "ilsvrc_det": read_ilsvrc_det, "coco": read_coco, "yolo": read_yolo}

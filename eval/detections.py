@@ -18,7 +18,7 @@ from typing import Collection, Iterable
 import numpy as np
 
 from eval.atomic import atomic_path, write_text
-from eval.boxes import xyxy_to_xywh
+from eval.box_formats import xyxy_to_xywh
 from eval.datasets import Dataset
 from eval.errors import UserError
 

@@ -2,9 +2,8 @@
 import numpy as np
 import torch
 
-from eval.boxes import (
-    clip_boxes, decode_deltas, encode_deltas, voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_xywh,
-)
+from eval.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_xywh, xyxy_to_yolo, yolo_to_xyxy
+from eval.boxes import clip_boxes, decode_deltas, encode_deltas
 
 
 def test_voc_inclusive_pixels_round_trip():
@@ -57,3 +56,11 @@ def test_hflip_numpy_and_torch_agree():
     assert hflip_boxes(boxes, 100).tolist() == [[70.0, 2.0, 90.0, 8.0]]
     assert hflip_boxes(torch.from_numpy(boxes), 100).tolist() == [[70.0, 2.0, 90.0, 8.0]]
     assert hflip_boxes(boxes, 100).dtype == np.float32
+
+
+def test_yolo_normalised_centres_round_trip():
+    sizes = np.array([200, 100, 200, 100])
+    yolo = np.array([[0.5, 0.5, 0.2, 0.4], [0.1, 0.9, 0.2, 0.2]])
+    xyxy = yolo_to_xyxy(yolo, sizes)
+    assert np.allclose(xyxy, [[80, 30, 120, 70], [0, 80, 40, 100]])
+    assert np.allclose(xyxy_to_yolo(xyxy, sizes), yolo)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from eval.boxes import voc_to_xyxy, xyxy_to_voc
+from eval.box_formats import voc_to_xyxy, xyxy_to_voc
 from eval.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections
 from eval.errors import UserError

@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from eval.boxes import xyxy_to_xywh
+from eval.box_formats import xyxy_to_xywh
 from eval.datasets import Dataset
 from eval.detections import Detections, ImageDetections, check_detections, coco_ids, to_coco_results
 from eval.errors import UserError

@@ -1,7 +1,7 @@
 """PASCAL VOC (2007, 2010+) and ILSVRC DET scoring, reproducing the devkits' arithmetic.
 
 Overlaps use the devkits' 1-based inclusive pixel convention: boxes are converted with
-:func:`eval.boxes.xyxy_to_voc` and widths counted as ``x2 - x1 + 1``. For our continuous ``xyxy``
+:func:`eval.box_formats.xyxy_to_voc` and widths counted as ``x2 - x1 + 1``. For our continuous ``xyxy``
 boxes this is the same number as the plain continuous IoU (``x2 - (x1 + 1) + 1 == x2 - x1``), but
 computing it the devkits' way reproduces their floating-point results bit for bit.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.boxes import xyxy_to_voc
+from eval.box_formats import xyxy_to_voc
 from eval.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections, check_detections
 from eval.errors import UserError
