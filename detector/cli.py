@@ -54,7 +54,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The command word of an ``rcnn`` command line (the first known name), if any."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``rcnn`` parser. Only `command`'s module is imported and given its options (the
+    others are listed by name and help), so a command starts without loading the rest."""
     parser = argparse.ArgumentParser(
         prog="rcnn",
         description="R-CNN object detection with a GoogLeNet region classifier (ILSVRC 2014 style).",
@@ -64,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, takes_config, help_text) in COMMANDS.items():
+        if name != command:
+            subparsers.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(
             name, help=help_text, description=module.__doc__,
@@ -117,7 +127,8 @@ def detect_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``rcnn``: the experiment command with subcommands."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     return guarded(run_command, args)
 
 
