@@ -59,12 +59,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _summary(dataset: Dataset) -> str:
-    """``name: N images, M objects (K ignored), E images without objects``."""
+    """``name: N images, M objects (K ignored, D empty boxes left out), E images without objects``."""
     objects = sum(len(r.boxes) for r in dataset.records)
     ignored = sum(int(r.ignore.sum()) for r in dataset.records)
+    dropped = sum(r.dropped for r in dataset.records)
     empty = sum(1 for r in dataset.records if len(r.boxes) == 0)
-    return (f"{dataset.name}: {len(dataset.records)} images, {objects} objects ({ignored} ignored), "
-            f"{empty} images without objects")
+    return (f"{dataset.name}: {len(dataset.records)} images, {objects} objects ({ignored} ignored, "
+            f"{dropped} empty boxes left out), {empty} images without objects")
 
 
 def _convert(args: argparse.Namespace, config: Config) -> int:
