@@ -98,8 +98,10 @@ def _write(path: Path, key: str, entry: CacheEntry) -> None:
         np.savez_compressed(tmp, key=np.array(key), boxes=entry.boxes, seconds=np.float64(entry.seconds))
 
 
-def load_or_compute(image_path: Path, config: ProposalConfig, cache_dir: Path) -> CacheEntry:
+def load_or_compute(image_path: Path, config: ProposalConfig, cache_dir: Path,
+                    image: np.ndarray | None = None) -> CacheEntry:
     """Proposals of one image file from the cache, or computed (`propose_with_config`) and stored.
+    `image`: the file's pixels (RGB uint8 [H, W, 3]) when the caller has decoded them already.
 
     Raises ImageReadError naming the file when it is missing or unreadable.
     """
@@ -110,7 +112,7 @@ def load_or_compute(image_path: Path, config: ProposalConfig, cache_dir: Path) -
     path, key = cache_path(digest, config, cache_dir), _key_text(digest, config)
     entry = _read(path, key)
     if entry is None:
-        image = load_image(image_path)
+        image = load_image(image_path) if image is None else image
         start = time.perf_counter()
         boxes = propose_with_config(image, config)
         entry = CacheEntry(boxes=boxes, seconds=time.perf_counter() - start, cached=False)
@@ -121,6 +123,13 @@ def load_or_compute(image_path: Path, config: ProposalConfig, cache_dir: Path) -
 def cached_proposals(image_path: Path, config: ProposalConfig, cache_dir: Path) -> np.ndarray:
     """Proposals float32 [N, 4] xyxy (pixels of the image file) from the cache, or computed and stored."""
     return load_or_compute(image_path, config, cache_dir).boxes
+
+
+def is_cached(image_path: Path, config: ProposalConfig, cache_dir: Path) -> bool:
+    """Whether the cache holds a file for this image and `config` (not verified: a corrupt one
+    is recomputed when read); False for a missing image."""
+    image_path = Path(image_path)
+    return image_path.is_file() and cache_path(file_digest(image_path), config, cache_dir).is_file()
 
 
 def default_cache_dir(config_like: Any) -> Path:

@@ -2,9 +2,10 @@
 
 Each worker process runs one search at a time on one core (``cv2.setNumThreads(1)``,
 ``torch.set_num_threads(1)``), so N workers use N cores. Workers come from a ``forkserver``
-(``spawn`` where there is none), which is safe whatever threads the parent holds. Images already in the cache are read, not
-recomputed, so an interrupted run resumes where it stopped. A failing image is logged and
-reported in its result; the other images go on.
+(``spawn`` where there is none), which is safe whatever threads the parent holds; they ignore
+Ctrl-C, which the parent handles by killing and joining them (:func:`worker_pool`). Images
+already in the cache are read, not recomputed, so an interrupted run resumes where it stopped.
+A failing image is logged and reported in its result; the other images go on.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import Iterator, NamedTuple, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -23,8 +26,10 @@ import torch
 from tqdm import tqdm
 
 from eval.errors import UserError
+from eval.images import load_image
 from proposals.cache import load_or_compute
 from proposals.config import ProposalConfig, validate
+from proposals.search import propose_with_config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,17 +64,23 @@ def shard(items: Sequence[T], index: int, count: int) -> list[T]:
     return list(items[index::count])
 
 
-def init_worker() -> None:
+def _limit_threads() -> None:
     """Limit the calling process to one core for OpenCV and torch."""
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+def init_worker() -> None:
+    """Set up a pool worker: one core, and Ctrl-C left to the parent (which ends the pool)."""
+    _limit_threads()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
 def _one_core() -> Iterator[None]:
     """Run the body like a pool worker (one core), then restore this process's thread counts."""
     cv2_threads, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
-    init_worker()
+    _limit_threads()
     try:
         yield
     finally:
@@ -105,8 +116,8 @@ def extract(
         raise UserError(f"--workers {workers}: expected at least 1")
     results: list[ImageResult | None] = [None] * len(paths)
     bar = tqdm(total=len(paths), desc=description, unit="img", disable=not progress, dynamic_ncols=True)
-    with bar:
-        for index, result in _run(paths, config, cache_dir, workers, keep_boxes):
+    with bar, contextlib.closing(_run(paths, config, cache_dir, workers, keep_boxes)) as finished:
+        for index, result in finished:
             if result.error:
                 log.error("%s", result.error)
             results[index] = result
@@ -123,7 +134,7 @@ def _run(
             for index, path in enumerate(paths):
                 yield index, extract_one(path, config, cache_dir, keep_boxes)
         return
-    with ProcessPoolExecutor(min(workers, len(paths)), mp_context=worker_context(), initializer=init_worker) as pool:
+    with worker_pool(min(workers, len(paths))) as pool:
         futures = {pool.submit(extract_one, path, config, cache_dir, keep_boxes): i for i, path in enumerate(paths)}
         for future in as_completed(futures):
             index = futures[future]
@@ -131,6 +142,55 @@ def _run(
                 yield index, future.result()
             except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
                 yield index, ImageResult(path=Path(paths[index]), error=f"{paths[index]}: worker failed ({exc!r})")
+
+
+class ProposedImage(NamedTuple):
+    """An image file read for detection: pixels RGB uint8 [H, W, 3], its proposals float32 [N, 4]
+    xyxy pixels best-ranked first, and the seconds spent on them (search or cache read)."""
+
+    image: np.ndarray
+    boxes: np.ndarray
+    seconds: float
+
+
+def read_and_propose(path: Path, config: ProposalConfig, cache_dir: Path | None = None) -> ProposedImage | UserError:
+    """Decode one image and find its proposals, through the cache in `cache_dir` when given.
+    A UserError (unreadable image) is returned, not raised, so that the caller decides: skip the
+    image (``detect``) or stop (``rcnn eval``). Picklable: runs in pool workers."""
+    try:
+        image = load_image(path)
+        start = time.perf_counter()
+        if cache_dir is None:
+            boxes = propose_with_config(image, config)
+        else:
+            boxes = load_or_compute(path, config, cache_dir, image).boxes
+    except UserError as exc:
+        return exc
+    return ProposedImage(image, boxes, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of `workers` one-core processes (:func:`init_worker`, :func:`worker_context`).
+    Leaving the body normally waits for the submitted work; leaving it by an exception (Ctrl-C,
+    a generator closed early) cancels what has not started and kills and joins the workers."""
+    pool = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
+    try:
+        yield pool
+    except BaseException:
+        _terminate(pool)
+        raise
+    pool.shutdown()
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop `pool` now: drop queued work, kill its workers mid-task and reap them."""
+    processes = list((pool._processes or {}).values())  # Python >= 3.14: pool.terminate_workers()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def worker_context(preload: str = __name__) -> multiprocessing.context.BaseContext:
