@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from detector.config import Config, load_config, save_config
+from detector.config import Config, detection_settings, load_config, save_config
 from eval.atomic import check_writable, write_text
 from eval.datasets import Dataset, load_dataset
 from eval.detections import Detections, save_detections
@@ -387,7 +387,7 @@ class Pipeline:
         return f"{stage}-{split}" if model.folder == self.folder.root else f"{stage}-{split}@{model.name}"
 
     def detections(self, split: str, model: Model) -> Manifest | None:
-        test = {k: v for k, v in dataclasses.asdict(self.config.test).items() if k not in ("weights", "batch_size")}
+        test = detection_settings(self.config.test)
         formats = self.config.eval.save_formats  # keyed only when given: older run folders keep their keys
         key = content_key(test, self.proposals_key(split), model.digests, *([formats] if formats else []))
         return self._unit(self._unit_name("detect", split, model), "detect", key, lambda: self._detect(split, model))

@@ -7,6 +7,7 @@ changed model or setting never reuses stale results. ``--shard i/n`` processes e
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,15 +18,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from detector.config import detection_settings
 from detector.inference import Detector
-from detector.prefetch import prefetched
+from detector.prefetch import proposed_images
 from eval.atomic import atomic_path
 from eval.datasets import Dataset, ImageRecord
 from eval.detections import Detections, ImageDetections
 from eval.errors import UserError
-from eval.images import file_digest, load_image
-from proposals.cache import cached_proposals
-from proposals.extract import shard
+from eval.images import file_digest
+from proposals.extract import ProposedImage, shard
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,7 @@ def detection_key(detector: Detector, weights: list[str]) -> str:
         digest.update(file_digest(path, length=40).encode())
     if not weights:  # the ImageNet default model: its name tells the class map
         digest.update(",".join(s.name for s in detector.scorers).encode())
-    settings = {"proposals": dataclasses.asdict(detector.proposal_config), "test": dataclasses.asdict(detector.test_config)}
-    settings["test"].pop("weights", None)
-    settings["test"].pop("batch_size", None)  # batching does not change results
+    settings = {"proposals": dataclasses.asdict(detector.proposal_config), "test": detection_settings(detector.test_config)}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -74,21 +73,19 @@ def detect_split(
         raise UserError(f"{detector.scorers[0].name}: the model's classes {detector.classes[:5]}... do not match "
                         f"{dataset.name}'s {dataset.classes[:5]}... ({len(detector.classes)} vs {len(dataset.classes)})")
     records = shard(dataset.records, shard_index, shard_count)
-
-    def prepare(record: ImageRecord) -> tuple[Path, ImageDetections | tuple[np.ndarray, np.ndarray]]:
-        """The cache file and its detections, or else the image and its proposals (run in a
-        background thread while the previous image is scored)."""
-        path = _cache_file(cache_dir, record)
-        dets = _read_cached(path)
-        if dets is not None:
-            return path, dets
-        return path, (load_image(record.path), cached_proposals(record.path, detector.proposal_config, proposal_cache))
-
-    results: Detections = {}
-    prepared = prefetched(prepare, records)
-    for record, (path, ready) in zip(tqdm(records, desc=f"detect {dataset.name}", unit="image", dynamic_ncols=True), prepared):
-        if not isinstance(ready, ImageDetections):
-            ready = detector.detect(*ready).as_image_detections()
-            _write_cached(path, ready)
-        results[record.image_id] = ready
+    files = [_cache_file(cache_dir, record) for record in records]
+    results: Detections = {record.image_id: _read_cached(file) for record, file in zip(records, files)}
+    to_detect = [(record, file) for record, file in zip(records, files) if results[record.image_id] is None]
+    with contextlib.closing(proposed_images(detector, [record.path for record, _ in to_detect], proposal_cache)) as inputs:
+        for (record, file), ready in zip(tqdm(to_detect, desc=f"detect {dataset.name}", unit="image", dynamic_ncols=True),
+                                         inputs):
+            results[record.image_id] = _detect(detector, ready)
+            _write_cached(file, results[record.image_id])
     return results
+
+
+def _detect(detector: Detector, ready: ProposedImage | UserError) -> ImageDetections:
+    """Detections of an image read and proposed ahead; the UserError of an unreadable one is raised."""
+    if isinstance(ready, UserError):
+        raise ready
+    return detector.detect(ready.image, ready.boxes).as_image_detections()

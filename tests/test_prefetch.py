@@ -1,7 +1,10 @@
-"""prefetched(): results in order, one item computed ahead in a background thread."""
+"""prefetched(): results in order, computed ahead in a background thread or in worker processes."""
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +50,46 @@ def test_an_error_is_raised_at_its_items_turn():
 
 def test_torch_runs_in_inference_mode_in_the_thread():
     assert all(prefetched(lambda _: torch.is_inference_mode_enabled(), range(2)))
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+def _pid_of(item: int) -> tuple[int, int]:
+    return item, os.getpid()
+
+
+def test_worker_processes_give_results_in_order():
+    results = list(prefetched(_pid_of, range(9), ahead=3, workers=2))
+    assert [item for item, _ in results] == list(range(9))
+    assert os.getpid() not in {pid for _, pid in results}
+
+
+def test_worker_processes_run_a_bounded_number_of_items_ahead():
+    pulled = []
+
+    def items():
+        for index in range(20):
+            pulled.append(index)
+            yield index
+
+    for taken, _ in enumerate(prefetched(_pid_of, items(), ahead=3, workers=2), start=1):
+        assert len(pulled) <= taken + 3
+
+
+def test_an_error_in_a_worker_is_raised_at_its_items_turn(tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    seen = []
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        for text in prefetched(Path.read_text, [tmp_path / "a.txt", tmp_path / "missing.txt", tmp_path / "a.txt"],
+                               ahead=3, workers=2):
+            seen.append(text)
+    assert seen == ["a"]
+
+
+def test_leaving_early_kills_and_reaps_the_workers():
+    stream = prefetched(_pid_of, range(100), ahead=4, workers=2)
+    with pytest.raises(RuntimeError), contextlib.closing(stream):
+        for _, pid in stream:
+            raise RuntimeError("the consumer failed")
+    assert not Path(f"/proc/{pid}").exists()

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
-import time
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from eval.atomic import atomic_path, check_writable, write_text
 from eval.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections
 from eval.errors import UserError
-from eval.images import IMAGE_SUFFIXES, list_images, load_image
+from eval.images import IMAGE_SUFFIXES, list_images
 from eval.result_formats import SAVE_FORMATS, save_results
 
 DISPLAY_THRESHOLD = 0.25  #: default --score-threshold (ultralytics' conf)
@@ -163,21 +162,9 @@ def save_formats(out: Path, formats: list[str], detector, detected: list[tuple[i
         save_results(out, format, dets, dataset)
 
 
-def _read_and_propose(detector, path: Path) -> tuple[np.ndarray, np.ndarray, float] | UserError:
-    """The image, its proposals and their seconds, or the UserError that reading it raised
-    (run in a background thread while the previous image is scored)."""
-    try:
-        image = load_image(path)
-    except UserError as exc:
-        return exc
-    start = time.perf_counter()
-    proposals = detector.propose(image)
-    return image, proposals, time.perf_counter() - start
-
-
 def run(args: argparse.Namespace, config: Config | None) -> int:
     from detector.inference import Detector
-    from detector.prefetch import prefetched
+    from detector.prefetch import proposed_images
 
     if args.max_detections < 1:
         raise UserError(f"--max-detections {args.max_detections}: expected at least 1")
@@ -191,24 +178,23 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     target = {"det200": "ilsvrc_det200", "voc": "voc20"}[args.classes]
     detector = Detector.from_weights(args.weights, config, imagenet_target=target)
     coco_results, detected, failures = [], [], 0
-    inputs = prefetched(partial(_read_and_propose, detector), paths)
-    for index, (path, ready) in enumerate(zip(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr), inputs)):
-        if isinstance(ready, UserError):
-            print(f"skipped: {ready}", file=sys.stderr)
-            failures += 1
-            continue
-        image, proposals, proposals_s = ready
-        result = detector.detect(image, proposals)
-        result.timing["proposals_s"] = proposals_s
-        payload = result_json(path, result, image.shape)
-        shown = displayed(result, display, args.max_detections)
-        table = format_table(path, shown, len(result.boxes), display, args.max_detections)
-        print(json.dumps(payload) if args.json else table, flush=True)
-        if out is not None:
-            _write_outputs(out, path, image, shown, payload, args.show)
-        coco_results += coco_entries(index, path, result)
-        if args.save_format:
-            detected.append((index, path, image.shape, result))
+    with contextlib.closing(proposed_images(detector, paths)) as inputs:
+        for index, (path, ready) in enumerate(zip(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr), inputs)):
+            if isinstance(ready, UserError):
+                print(f"skipped: {ready}", file=sys.stderr)
+                failures += 1
+                continue
+            result = detector.detect(ready.image, ready.boxes)
+            result.timing["proposals_s"] = ready.seconds
+            payload = result_json(path, result, ready.image.shape)
+            shown = displayed(result, display, args.max_detections)
+            table = format_table(path, shown, len(result.boxes), display, args.max_detections)
+            print(json.dumps(payload) if args.json else table, flush=True)
+            if out is not None:
+                _write_outputs(out, path, ready.image, shown, payload, args.show)
+            coco_results += coco_entries(index, path, result)
+            if args.save_format:
+                detected.append((index, path, ready.image.shape, result))
     if args.coco_json:
         write_text(args.coco_json, json.dumps(coco_results))
     if args.save_format:

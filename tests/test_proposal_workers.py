@@ -1,0 +1,156 @@
+"""Proposals computed in worker processes ahead of the network (test.proposal_workers): `detect`
+and `rcnn eval` give exactly the serial path's results, errors and order."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import detector.prefetch
+from detector.cli import detect_main
+from detector.config import load_config
+from detector.inference import Detector
+from detector.prefetch import AUTO_IMAGES_PER_WORKER, proposal_workers, proposed_images
+from detector.split_detection import detect_split
+from eval.datasets import load_dataset
+from eval.errors import UserError
+from proposals.extract import default_workers, extract
+from tests.test_detect import _checkpoint
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", score_bias=[0.0, 1.0, -1.0])
+
+
+def _config(tiny_voc: Path, workers: int):
+    return load_config("tiny", [f"data.root={tiny_voc}", "proposals.max_boxes=30", "test.score_threshold=0.0",
+                                f"test.proposal_workers={workers}"])
+
+
+def _detect_json(images: Path, weights: Path, workers: int, capsys) -> tuple[int, list[dict], list[str]]:
+    """Exit code, printed result lines (timings dropped) and "skipped:" messages of `detect --json` on a folder."""
+    code = detect_main([str(images), "--weights", str(weights), "--json", "--set", "proposals.max_boxes=30",
+                        "--set", f"test.proposal_workers={workers}", "--score-threshold", "0"])
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    for line in lines:
+        line.pop("timing_s")
+    skipped = [line[line.index("skipped:"):] for line in captured.err.splitlines() if "skipped:" in line]
+    return code, lines, skipped
+
+
+def test_detect_with_workers_prints_what_the_serial_path_prints(tiny_voc, tmp_path, weights, capsys):
+    images = tmp_path / "images"
+    shutil.copytree(tiny_voc / "JPEGImages", images)
+    (images / "test_0001b.jpg").write_bytes(b"not a jpeg")
+    serial = _detect_json(images, weights, 0, capsys)
+    pooled = _detect_json(images, weights, 2, capsys)
+    assert serial[0] == pooled[0] == 1  # the broken file is skipped, the others detected
+    assert [line["image"] for line in pooled[1]] == [str(p) for p in sorted(images.iterdir()) if "0001b" not in p.name]
+    assert pooled[1] == serial[1] and any(line["detections"] for line in serial[1])
+    assert pooled[2] == serial[2] and len(serial[2]) == 1 and "test_0001b.jpg: cannot read image" in serial[2][0]
+
+
+def _split_detections(tiny_voc: Path, weights: Path, workers: int, run: Path):
+    config = _config(tiny_voc, workers)
+    detector = Detector.from_weights([str(weights)], config)
+    dataset = load_dataset(config.data, "train")
+    return detect_split(detector, dataset, run / "detections", run / "proposals")
+
+
+def test_eval_with_workers_detects_what_the_serial_path_detects(tiny_voc, tmp_path, weights):
+    serial = _split_detections(tiny_voc, weights, 0, tmp_path / "serial")
+    pooled = _split_detections(tiny_voc, weights, 2, tmp_path / "pooled")  # a cold proposal cache too
+    assert list(pooled) == list(serial) and len(serial) == 8
+    for image_id, dets in serial.items():
+        for field in ("boxes", "scores", "labels"):
+            np.testing.assert_array_equal(getattr(pooled[image_id], field), getattr(dets, field))
+    assert len(list((tmp_path / "pooled" / "proposals").rglob("*.npz"))) == 8  # the workers filled the cache
+
+
+def test_eval_with_workers_names_an_unreadable_image(tiny_voc, tmp_path, weights):
+    copy = tmp_path / "voc"
+    shutil.copytree(tiny_voc, copy)
+    (copy / "JPEGImages" / "test_0002.jpg").write_bytes(b"not a jpeg")
+    config = _config(copy, 2)
+    detector = Detector.from_weights([str(weights)], config)
+    with pytest.raises(UserError, match=r"test_0002\.jpg: cannot read image"):
+        detect_split(detector, load_dataset(config.data, "test"), tmp_path / "dets", tmp_path / "proposals")
+
+
+def test_a_warm_proposal_cache_starts_no_workers(tiny_voc, tmp_path, weights, monkeypatch):
+    config = _config(tiny_voc, 2)
+    paths = sorted((tiny_voc / "JPEGImages").glob("test_*.jpg"))
+    extract(paths, config.proposals, tmp_path, progress=False)
+    monkeypatch.setattr(detector.prefetch, "worker_pool", lambda workers: pytest.fail("started workers"))
+    detector_ = Detector.from_weights([str(weights)], config)
+    read = list(proposed_images(detector_, paths, tmp_path))
+    cached = extract(paths, config.proposals, tmp_path, keep_boxes=True, progress=False)
+    for image, entry in zip(read, cached, strict=True):
+        np.testing.assert_array_equal(image.boxes, entry.boxes)
+
+
+def test_auto_workers_follow_the_network_weight_and_the_image_count():
+    cores = default_workers()
+    assert proposal_workers(-1, light_network=True, images=50 * cores) == cores
+    assert proposal_workers(-1, light_network=True, images=AUTO_IMAGES_PER_WORKER * cores - 1) == 0
+    assert proposal_workers(-1, light_network=False, images=50 * cores) == 0
+    assert proposal_workers(3, light_network=False, images=2) == 2  # never more than the images
+    assert proposal_workers(3, light_network=True, images=1) == 0  # one image: nothing to overlap
+    assert proposal_workers(0, light_network=True, images=50) == 0
+    with pytest.raises(UserError, match="test.proposal_workers = -2"):
+        proposal_workers(-2, light_network=True, images=50)
+
+
+def _group_members(group: int) -> list[int]:
+    """Pids of the live processes in process group `group` (from /proc; zombies excluded)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_ctrl_c_stops_detect_and_leaves_no_process_behind(tmp_path, weights):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(24):  # noise: about a second of selective search each, far longer than the test waits
+        Image.fromarray(rng.integers(0, 256, (500, 500, 3), dtype=np.uint8)).save(images / f"{index:02d}.png")
+    command = [sys.executable, "-c", "import sys; from detector.cli import detect_main; sys.exit(detect_main(sys.argv[1:]))",
+               str(images), "--weights", str(weights), "--set", "test.proposal_workers=2", "--set", "proposals.max_boxes=30"]
+    run = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_group_members(run.pid)) < 4 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the command, its worker server and two workers
+        assert run.poll() is None, run.communicate()[1]
+        os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+        _, err = run.communicate(timeout=20)
+        assert run.returncode == 130 and err.strip().endswith("interrupted")
+        deadline = time.monotonic() + 10
+        while _group_members(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _group_members(run.pid) == []
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
