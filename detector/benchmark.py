@@ -11,15 +11,20 @@ fp32 is measured on those random logits.
 Sections and their baselines:
 
 - ``proposals``: seconds per image per backend / preset; baseline opencv-fast, rcnn preset.
-- ``classifier``: ms per warped crop; baseline fp32 NCHW batch 1.
+- ``classifier``: ms per warped crop; baseline fp32 NCHW batch 1. int8 static quantisation
+  (detector.quantize, calibrated on the crops) is compared with fp32 and bf16 in its note.
 - ``detect``: seconds per image per stage, one model on warped crops (baseline), googlenet
-  preset, ensemble of 3, and the shared-feature (roi) mode at each ``model.roi_layer``.
+  preset, ensemble of 3, and the shared-feature (roi) mode at each ``model.roi_layer``; the
+  light head also at fp32 and int8 (calibrated on the first image's proposals).
 - ``training``: regions/s of an SGD step (aux heads on); baseline fp32.
 - ``memory``: peak RSS of the process (MiB) while detecting one image (baseline) or training a step.
 - ``pretrain``: images/s of classification pre-training (pretrain.input_size, batch_size): the
   network's SGD step at the training precision (baseline), fp32, and the data loader alone
   (decode + augmentation, pretrain.workers processes and none) on pretrain.root's training split
   (a generated 224x224 ImageFolder when it has none). Target: loader >= 1.5x the network.
+- ``throughput``: images/s of end-to-end detection over the image files with a cold and a warm
+  proposal cache; baseline the serial path (next image's proposals in a thread), beside
+  proposals in worker processes (``test.proposal_workers``; :mod:`detector.bench_throughput`).
 """
 from __future__ import annotations
 
@@ -39,13 +44,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.config import Config, TrainConfig
+from detector.config import Config, TestConfig, TrainConfig
 from detector.inference import Detector
 from detector.minibatches import RegionBatch
-from detector.model import ROI_NETWORKS, RegionClassifier, build_model, make_network
+from detector.model import ROI_NETWORKS, LightHeadClassifier, RegionClassifier, build_model, make_network
 from detector.precision import (Precision, cpu_has_fast_bf16, flush_denormals, prepare_input, prepare_model,
                                 resolve_precision)
 from detector.regions import normalize_image, warp_regions
+from detector.quantize import ENGINE, Sample, calibration_inputs, quantize_model
 from detector.scorers import FineTunedScorer
 from detector.train import region_losses
 from eval.atomic import write_text
@@ -63,7 +69,7 @@ PROPOSAL_CASES = (("opencv-fast", "rcnn", False), ("opencv-fast", "googlenet", F
                   ("opencv-quality", "rcnn", True), ("selectivesearch", "rcnn", True))
 AUTOCAST_NAMES = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 AMP"}
 #: --quick caps: regions per forward pass, proposals per image, regions per training step, repeats
-SECTIONS = ("proposals", "memory", "classifier", "detect", "training", "pretrain")
+SECTIONS = ("proposals", "memory", "classifier", "detect", "training", "pretrain", "throughput")
 LOADER_TARGET = 1.5  #: issue 13: the pre-training loader delivers >= 1.5x the network's images/s
 QUICK = {"batch_size": 8, "max_proposals": 16, "train_batch": 8, "repeats": 2, "pretrain_batch": 16}
 
@@ -335,9 +341,24 @@ def bench_classifier(model: RegionClassifier, crops: torch.Tensor, settings: Ben
     native = "" if device.type == "cuda" else f"CPU native bf16: {'yes' if cpu_has_fast_bf16() else 'no (emulated)'}"
     name = f"{AUTOCAST_NAMES[fast.dtype]} channels_last, batch {len(crops)}"
     rows.append(_classifier_row(name, batched, crops, fast, reference, settings, native))
+    if device.type == "cpu":
+        rows.append(_int8_classifier_row(model, crops, reference, settings,
+                                         {"fp32 channels_last": rows[1].value, AUTOCAST_NAMES[fast.dtype]: rows[2].value}))
     if settings.compile:
         rows.append(_compiled_row(model, crops, fp32, reference, settings))
     return rows
+
+
+def _int8_classifier_row(model: RegionClassifier, crops: torch.Tensor, reference: torch.Tensor,
+                         settings: BenchSettings, others: dict[str, float]) -> Row:
+    """ms/crop of the int8 network (calibrated on `crops`), with its ratios to the `others`
+    (name -> ms/crop of the same run) in the note."""
+    int8 = quantize_model(model, {"network": [crops]})
+    precision = Precision(torch.device("cpu"), None, int8=True)
+    row = _classifier_row(f"int8 static ({ENGINE}), batch {len(crops)}", lambda x: int8(x).class_logits, crops,
+                          precision, reference, settings, f"CPU VNNI: {'yes' if torch.cpu._is_vnni_supported() else 'no'}")
+    row.note += "".join(f"; {row.value / value:.2f}x {name}" for name, value in others.items())
+    return row
 
 
 # ----------------------------------------------------------------------------- end-to-end detection
@@ -411,14 +432,37 @@ def bench_detect(images: list[np.ndarray], scorers: list[FineTunedScorer], share
              (f"ensemble of {len(scorers)}, rcnn preset", scorers, proposals, overlap,
               f"target <= {ENSEMBLE_TARGET}x one model")]
     cases += [(f"{scorer.name}, rcnn preset", [scorer], proposals, overlap, roi_target) for scorer in shared]
-    rows = []
+    rows, timings = [], {}
     for index, (label, members, proposal_config, overlap, target) in enumerate(cases):
         detector = Detector(members, proposal_config, test, precision)
         detector.overlap_warps = overlap
         note = "; ".join(part for part in (f"<= {effective_max_boxes(proposal_config)} proposals, "
                                            f"{precision.description}, fusion {test.fusion}", target) if part)
-        rows += _detect_rows(label, _detect_timing(detector, images, settings), note, baseline=index == 0)
+        timings[label] = _detect_timing(detector, images, settings)
+        rows += _detect_rows(label, timings[label], note, baseline=index == 0)
+    for scorer in shared:
+        if isinstance(scorer.network, LightHeadClassifier) and precision.device.type == "cpu":
+            rows += _int8_detect_rows(images, scorer, proposals, test, settings,
+                                      (precision.description, timings[f"{scorer.name}, rcnn preset"]))
     return rows
+
+
+def _int8_detect_rows(images: list[np.ndarray], scorer: FineTunedScorer, proposals: ProposalConfig, test: TestConfig,
+                      settings: BenchSettings, configured: tuple[str, dict[str, float]]) -> list[Row]:
+    """Detection with the shared-feature `scorer` at fp32 and at int8 (calibrated on the first
+    image's proposals); the int8 note gives its ratios to fp32 and to the `configured`
+    (description, stage seconds) precision's run."""
+    cpu = torch.device("cpu")
+    boxes = torch.as_tensor(propose_with_config(images[0], proposals)[: settings.batch_size])
+    scorer.int8 = quantize_model(scorer.network, calibration_inputs(scorer, [Sample(normalize_image(images[0]), boxes)]))
+    stages = {name: _detect_timing(Detector([scorer], proposals, test, precision), images, settings)
+              for name, precision in (("fp32", Precision(cpu, None)), ("int8", Precision(cpu, None, int8=True)))}
+    ratios = "; ".join(f"{stage} {stages['int8'][f'{stage}_s'] / stages['fp32'][f'{stage}_s']:.2f}x fp32, "
+                       f"{stages['int8'][f'{stage}_s'] / configured[1][f'{stage}_s']:.2f}x {configured[0]}"
+                       for stage in ("regions", "total"))
+    return [row for name, stage in stages.items()
+            for row in _detect_rows(f"{scorer.name}, rcnn preset, {name}", stage,
+                                    ratios if name == "int8" else "fp32 on cpu", baseline=False)]
 
 
 # ----------------------------------------------------------------------------- training
@@ -573,6 +617,11 @@ def run_benchmark(images: dict[str, np.ndarray], config: Config, settings: Bench
     if "pretrain" in wanted:
         log("pre-training")
         rows += bench_pretrain(config, settings)
+    if "throughput" in wanted:
+        from detector.bench_throughput import bench_throughput
+
+        log("throughput")
+        rows += bench_throughput(images, config, settings)
     return BenchReport(environment(torch.device(settings.device)), dataclasses.asdict(settings), list(images),
                        add_ratios(rows))
 

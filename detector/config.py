@@ -96,8 +96,21 @@ class TestConfig:
     vote_iou: float = 0.5  #: box voting neighbourhood (Gidaris & Komodakis)
     wbf_iou: float = 0.55  #: weighted boxes fusion cluster IoU
     flip: bool = False  #: test-time horizontal flip, averaged like an extra model
-    precision: str = "auto"
+    precision: str = "auto"  #: auto (fastest of fp32 / bf16 / int8 agreeing with fp32) | fp32 | bf16 | fp16 | int8
+    int8_calibration_images: int = 60  #: training images whose regions calibrate int8 (a quarter held out)
     weights: list[str] = field(default_factory=list)  #: checkpoints; several = ensemble
+    #: processes computing the proposals of the next images while the network scores this one
+    #: (detect on several images, rcnn eval with a cold proposal cache): -1 = auto (every core in
+    #: roi mode, none in crop mode), 0 = none (one thread computes the next image's)
+    proposal_workers: int = -1
+    proposal_ahead: int = 0  #: at most this many images read and proposed ahead (0 = two per worker)
+
+
+def detection_settings(test: TestConfig) -> dict:
+    """The test settings that change detections, as a dict for cache keys: all but those that
+    change speed only, and the checkpoints (which enter the keys by content)."""
+    speed_only = ("weights", "batch_size", "proposal_workers", "proposal_ahead")
+    return {k: v for k, v in dataclasses.asdict(test).items() if k not in speed_only}
 
 
 @dataclass

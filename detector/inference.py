@@ -19,6 +19,7 @@ from detector.config import Config, TestConfig
 from detector.postprocess import detect_from_scores
 from detector.precision import Precision, flush_denormals, resolve_precision
 from detector.prefetch import prefetched
+from detector.quantize import inference_precision
 from detector.regions import normalize_image, warp_regions
 from detector.scorers import FineTunedScorer, ImageNetScorer, RegionScorer
 from eval.boxes import clip_boxes, decode_deltas, hflip_boxes
@@ -86,7 +87,7 @@ class Detector:
         config = config or Config()
         paths = resolve_weights(weights or config.test.weights)
         scorers = [FineTunedScorer.from_checkpoint(p) for p in paths] if paths else [ImageNetScorer(imagenet_target)]
-        return cls(scorers, config.proposals, config.test)
+        return cls(scorers, config.proposals, config.test, inference_precision(scorers, config))
 
     # ----------------------------------------------------------------- scoring
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from detector.benchmark import BenchReport, BenchSettings, Row, _compiled_row, add_ratios, synthetic_image
 from detector.cli import main
+from proposals.extract import default_workers
 
 TINY = ["--set", "model.input_size=32", "--set", "model.context_pad=2", "--set", "test.batch_size=2",
         "--set", "proposals.max_boxes=8", "--set", "train.regions_per_batch=4", "--set", "model.roi_short_side=64",
@@ -22,10 +23,12 @@ ROWS = [
     ("classifier", "fp32 NCHW, batch 1"),
     ("classifier", "fp32 channels_last, batch 2"),
     ("classifier", "bf16 autocast channels_last, batch 2"),
+    ("classifier", "int8 static (x86), batch 2"),
     *[("detect", f"{case}: {stage}")
       for case in ("1 model, rcnn preset", "1 model, rcnn preset, warps overlapped", "1 model, googlenet preset",
                    "ensemble of 3, rcnn preset",
-                   "roi 4e, 64 px, rcnn preset", "roi 5b, 64 px, rcnn preset", "roi 5b-dilated, 64 px, rcnn preset")
+                   "roi 4e, 64 px, rcnn preset", "roi 5b, 64 px, rcnn preset", "roi 5b-dilated, 64 px, rcnn preset",
+                   "roi 5b-dilated, 64 px, rcnn preset, fp32", "roi 5b-dilated, 64 px, rcnn preset, int8")
       for stage in ("total", "proposals", "regions", "postprocess")],
 ]
 TRAINING_AND_MEMORY = [
@@ -40,7 +43,13 @@ PRETRAIN = [
     ("pretrain", "data loader alone, 2 worker processes"),
     ("pretrain", "data loader alone, 0 worker processes"),
 ]
-ROWS += TRAINING_AND_MEMORY + PRETRAIN
+CORES = default_workers()
+THROUGHPUT = [("throughput", f"{cache} proposal cache: {name}") for cache, name in (
+    ("cold", "serial (auto)"), ("cold", f"1 worker, network {max(1, CORES - 1)} thread{'s' if CORES > 2 else ''}"),
+    *([("cold", f"{CORES} workers, network 1 thread"), ("cold", f"{CORES} workers, network {CORES} threads")]
+      if CORES > 1 else []),
+    ("warm", "serial"), ("warm", "auto"), ("warm", f"{CORES} workers all the same"))]
+ROWS += TRAINING_AND_MEMORY + PRETRAIN + THROUGHPUT
 
 
 def test_quick_bench_table_and_json(tmp_path, capsys):
@@ -63,7 +72,7 @@ def test_quick_bench_table_and_json(tmp_path, capsys):
             assert row.ratio == 1.0
     baselines = {(row.group or row.section) for row in report.rows if row.baseline}
     assert baselines == {"proposals", "classifier", "training", "memory", "detect total", "detect proposals",
-                         "detect regions", "detect postprocess", "pretrain"}
+                         "detect regions", "detect postprocess", "pretrain", "throughput cold", "throughput warm"}
     fast = [row for row in report.rows if row.section == "classifier" and not row.baseline]
     assert all(0 <= row.extra["top1_agreement"] <= 1 and row.extra["max_abs_diff"] >= 0 for row in fast)
     assert BenchReport.from_json(report.to_json()) == report

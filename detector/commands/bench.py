@@ -1,10 +1,13 @@
 """Measure the pipeline's speed in one process and print a Markdown table of ratios to baselines.
 
 Proposals (s/image per backend and preset), the region classifier (ms/crop: fp32 NCHW batch 1 =
-baseline, fp32 channels_last batched, bf16 autocast on CPU / fp16 AMP on CUDA, optionally
-torch.compile, with their agreement with fp32), end-to-end detection (s/image split into
-proposals / regions / postprocess; googlenet preset; ensemble of 3), training throughput
-(regions/s, fp32 vs bf16) and peak memory. Models are randomly initialised. Sizes come from the
+baseline, fp32 channels_last batched, bf16 autocast on CPU / fp16 AMP on CUDA, int8 static
+quantisation on CPU, optionally torch.compile, with their agreement with fp32), end-to-end
+detection (s/image split into proposals / regions / postprocess; googlenet preset; ensemble of
+3; the roi modes, the light head also at fp32 and int8), training throughput
+(regions/s, fp32 vs bf16), peak memory, and the throughput of detection over the image files
+(images/s, cold and warm proposal cache, proposals in worker processes vs the serial path; with
+--config animals_voc the light head). Models are randomly initialised. Sizes come from the
 config (model.input_size, test.batch_size, proposals.max_boxes, train.regions_per_batch);
 --quick caps them and skips the slow proposal backends.
 
@@ -15,6 +18,7 @@ examples:
   rcnn bench --quick
   rcnn bench --image examples/chelsea.jpg --compile --json bench.json
   rcnn bench --sections detect --repeats 3
+  rcnn bench --config animals_voc --sections throughput --images-dir ../shared/data/animals-voc/JPEGImages
 """
 from __future__ import annotations
 
