@@ -159,6 +159,9 @@ class EvalConfig:
     """How detections are scored."""
 
     metric: str = "auto"  #: auto (by data.format) | voc07 | voc10 | ilsvrc | coco
+    #: further metrics scored beside `metric`, each reported in eval/<split>/<name>/ (e.g. [coco]
+    #: next to voc10: AP@[.5:.95], AP50, AP75 and AP by object size)
+    extra_metrics: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  #: splits `rcnn run` detects and scores; empty = [data.test_split]
     #: also write detections as coco | voc | ilsvrc | yolo results: `rcnn run` into
     #: <run dir>/detections_<split>/, `rcnn eval` into its report folder

@@ -55,8 +55,8 @@ from eval.datasets import Dataset, load_dataset
 from eval.detections import Detections, save_detections
 from eval.errors import UserError
 from eval.images import file_digest
-from eval.metrics import EvalResult, make_evaluator, resolve_metric
-from eval.report import write_report
+from eval.metrics import resolve_metrics, score
+from eval.report import write_reports
 from eval.result_formats import check_formats, save_results
 from proposals.cache import default_cache_dir, parameter_key
 from proposals.extract import extract, shard
@@ -414,26 +414,29 @@ class Pipeline:
 
     def evaluation(self, split: str, model: Model) -> Manifest:
         detect = self.detections(split, model)
-        metric = resolve_metric(self.config.eval.metric, self.config.data.format)
-        key = content_key(metric, detect.key, detect.outputs)
+        metrics = resolve_metrics(self.config.eval.metric, self.config.eval.extra_metrics, self.config.data.format)
+        key = content_key(metrics[0] if len(metrics) == 1 else metrics, detect.key, detect.outputs)
         relative = next(iter(detect.outputs))  # detections_<split>.npz; then any other formats
         return self._unit(self._unit_name("evaluate", split, model), "evaluate", key,
-                          lambda: self._evaluate(split, model, metric, self.folder.root / relative))
+                          lambda: self._evaluate(split, model, metrics, self.folder.root / relative))
 
-    def _evaluate(self, split: str, model: Model, metric: str, detections_file: Path) -> tuple[list[Path], dict]:
+    def _evaluate(self, split: str, model: Model, metrics: list[str], detections_file: Path) -> tuple[list[Path], dict]:
+        """Score the split's detections with each metric (the first is the run's mAP)."""
         from eval.detections import load_detections
 
         dataset = self.dataset(split)
         dets, _ = load_detections(detections_file, dataset.classes, dataset.name)
         start = time.perf_counter()
-        result = score(dets, dataset, metric)
+        results = [score(dets, dataset, metric) for metric in metrics]
         out = model.folder / "eval" / split
         save_config(self.config, out / "config.yaml")
-        settings = {"config": self.config.name, "model": model.name, "split": split, "metric": metric,
+        settings = {"config": self.config.name, "model": model.name, "split": split,
                     "weights": [str(w) for w in model.weights], "detections file": str(detections_file)}
-        report = write_report(out, result, dataset.name, settings, {"evaluate": time.perf_counter() - start})
-        log.info("%s %s: mAP (%s) %.4f", model.name, dataset.name, metric, result.mAP)
-        return [out / "metrics.json", report], {"mAP": result.mAP, "metric": metric}
+        report = write_reports(out, results, dataset.name, settings, {"evaluate": time.perf_counter() - start})
+        for result in results:
+            log.info("%s %s: mAP (%s) %.4f", model.name, dataset.name, result.metric, result.mAP)
+        return [out / "metrics.json", report], {"mAP": results[0].mAP, "metric": results[0].metric,
+                                                 "extra": {r.metric: r.mAP for r in results[1:]}}
 
     def report(self, evaluations: dict[str, Manifest]) -> Manifest:
         key = content_key({unit: m.outputs for unit, m in evaluations.items()})
@@ -476,24 +479,17 @@ class Pipeline:
         return self.report(evaluations) if "report" in self.stages else None
 
 
-def score(dets: Detections, dataset: Dataset, metric: str) -> EvalResult:
-    """`metric` of `dets` against `dataset`'s ground truth."""
-    evaluator = make_evaluator(metric, dataset)
-    for image_id, image_dets in dets.items():
-        evaluator.process(image_id, image_dets)
-    return evaluator.evaluate()
-
-
 def markdown_summary(name: str, evaluations: dict[str, Manifest], manifests: dict[str, dict]) -> str:
     """report.md of a run: mAP of every evaluated model and split, then every stage unit."""
     lines = [f"# {name}", "", "| evaluation | metric | mAP |", "|---|---|---|"]
     for unit, manifest in evaluations.items():
-        lines.append(f"| {unit.removeprefix('evaluate-')} | {manifest.info['metric']} | {manifest.info['mAP']:.4f} |")
+        scores = {manifest.info["metric"]: manifest.info["mAP"], **manifest.info.get("extra", {})}
+        lines += [f"| {unit.removeprefix('evaluate-')} | {metric} | {value:.4f} |" for metric, value in scores.items()]
     lines += ["", "| stage | key | seconds | facts |", "|---|---|---|---|"]
     for unit, manifest in manifests.items():
         info = dict(manifest["info"])
         seconds = info.pop("seconds", "")
-        facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("mAP", "metric"))
+        facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("mAP", "metric", "extra"))
         lines.append(f"| {unit} | {manifest['key']} | {seconds} | {facts} |")
     return "\n".join(lines) + "\n"
 

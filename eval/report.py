@@ -46,6 +46,17 @@ def write_report(run_dir: str | Path, result: EvalResult, dataset_name: str, set
     return run_dir / "report.md"
 
 
+def write_reports(run_dir: str | Path, results: list[EvalResult], dataset_name: str, settings: dict,
+                  timing: dict) -> Path:
+    """The report of the first (primary) result in `run_dir` and of each further one in
+    ``run_dir/<its metric>/``; returns the primary report.md path."""
+    run_dir = Path(run_dir)
+    for index, result in enumerate(results):
+        write_report(run_dir / result.metric if index else run_dir, result, dataset_name,
+                     {**settings, "metric": result.metric}, timing)
+    return run_dir / "report.md"
+
+
 def _save_curves(path: Path, result: EvalResult) -> None:
     arrays = {}
     for i, name in enumerate(result.classes):

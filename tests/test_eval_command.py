@@ -76,3 +76,21 @@ def test_empty_detections_score_zero(tiny, tmp_path, capsys):
     save_detections(tmp_path / "none.npz", {}, dataset.classes, dataset.name)
     assert main(["eval", *args, "--detections", str(tmp_path / "none.npz"), "--metric", "voc07"]) == 0
     assert "mAP (voc07) 0.0000" in capsys.readouterr().out
+
+
+def test_extra_metrics_are_scored_and_reported_beside_the_primary_one(tiny, tmp_path, capsys):
+    args, dataset = tiny
+    save_detections(tmp_path / "dets.npz", perfect(dataset, skip=1), dataset.classes, dataset.name)
+    assert main(["eval", *args, "--detections", str(tmp_path / "dets.npz"), "--set", "eval.extra_metrics=[coco, voc10]",
+                 "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    primary = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    coco = json.loads((tmp_path / "r" / "coco" / "metrics.json").read_text())
+    assert primary["metric"] == "voc10" and coco["metric"] == "coco"  # voc10 listed twice is scored once
+    assert not (tmp_path / "r" / "voc10").exists()
+    assert {"APs", "APm", "APl"} <= set(coco["extras"]) and 0 < coco["mAP"] < 1
+    assert f"mAP (coco) {coco['mAP']:.4f}" in printed and f"mAP (voc10) {primary['mAP']:.4f}" in printed
+    assert (tmp_path / "r" / "coco" / "report.md").is_file()
+    assert main(["eval", *args, "--detections", str(tmp_path / "dets.npz"), "--set", "eval.extra_metrics=[map50]",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "metric 'map50'" in capsys.readouterr().err

@@ -14,9 +14,9 @@ import yaml
 
 from detector.cli import main
 from detector.config import load_config
-from detector.pipeline import score
 from eval.datasets import load_dataset
 from eval.detections import ImageDetections, load_detections
+from eval.metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -273,3 +273,16 @@ def test_ensemble_scores_each_member_beside_the_fused_model(reference, tiny_voc,
     assert "| test@tiny |" in report and "| test@tiny_b |" in report and "| test |" in report
     assert (reference / "stages" / "train.json").stat().st_mtime_ns == train_before  # member reused
     assert manifest(tmp_path / "member_b", "train")["info"]["iterations"] == 4
+
+
+def test_extra_metrics_rescore_the_cached_detections_only(reference, tiny_voc, proposal_cache, tmp_path):
+    workdir = copy_run(reference, tmp_path / "run")
+    assert main(run_args(tiny_voc, workdir, proposal_cache, "eval.extra_metrics=[coco]")) == 0
+    assert manifest(workdir, "detect-test") == manifest(reference, "detect-test")
+    evaluation = manifest(workdir, "evaluate-test")
+    assert evaluation["key"] != manifest(reference, "evaluate-test")["key"]
+    coco = json.loads((workdir / "eval" / "test" / "coco" / "metrics.json").read_text())
+    assert evaluation["info"]["extra"] == {"coco": coco["mAP"]} and "APs" in coco["extras"]
+    assert metrics(workdir) == metrics(reference)  # the primary metric and its report are unchanged
+    report = (workdir / "report.md").read_text()
+    assert "| test | voc10 |" in report and "| test | coco |" in report

@@ -13,11 +13,10 @@ import pytest
 
 from detector.cli import detect_main, main
 from detector.config import load_config
-from detector.pipeline import score
 from eval.datasets import Dataset, DatasetConfig, ImageRecord, load_dataset
 from eval.detections import ImageDetections, save_detections
 from eval.errors import UserError
-from eval.metrics import METRICS
+from eval.metrics import METRICS, score
 from eval.result_formats import SAVE_FORMATS, detect_format, read_results, save_results
 from tests.synthetic import make_ilsvrc_dataset
 from tests.test_detect import _checkpoint

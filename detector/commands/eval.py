@@ -11,7 +11,8 @@ it). --save-format writes the split's detections in those formats into the repor
 
 The metric is the one the dataset's benchmark uses (eval.metric auto: VOC -> voc07, ILSVRC DET ->
 ilsvrc, COCO -> coco) unless --metric says otherwise. Writes report.md, report.html, metrics.json,
-plots and the resolved config.yaml into --out (default: <run dir>/eval/<split>).
+plots and the resolved config.yaml into --out (default: <run dir>/eval/<split>), and the same
+for each of eval.extra_metrics into --out/<metric>/ (e.g. coco beside voc10: AP by object size).
 
 examples:
   rcnn eval --config animals_voc --weights runs/animals_voc/model_final.pt
@@ -26,13 +27,11 @@ import os
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from detector.config import Config, save_config
 from eval.datasets import Dataset, load_dataset
 from eval.detections import Detections, save_detections, validate_detections
-from eval.metrics import METRICS, make_evaluator, resolve_metric
-from eval.report import write_report
+from eval.metrics import METRICS, resolve_metrics, score
+from eval.report import write_reports
 from eval.result_formats import READ_FORMATS, SAVE_FORMATS, check_formats, read_results, save_results
 
 
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     start = time.perf_counter()
     dataset = load_dataset(config.data, split)
     timing["read ground truth"] = time.perf_counter() - start
-    metric = resolve_metric(args.metric or config.eval.metric, config.data.format)
+    metrics = resolve_metrics(args.metric or config.eval.metric, config.eval.extra_metrics, config.data.format)
     formats = config.eval.save_formats if args.save_format is None else args.save_format
     check_formats(formats, "eval.save_formats")
 
@@ -94,21 +93,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
     timing["obtain detections"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    evaluator = make_evaluator(metric, dataset)
-    for image_id, image_dets in tqdm(dets.items(), desc=f"scoring ({metric})", unit="image", leave=False):
-        evaluator.process(image_id, image_dets)
-    result = evaluator.evaluate()
+    results = [score(dets, dataset, metric, progress=True) for metric in metrics]
     timing["evaluate"] = time.perf_counter() - start
 
     out = Path(args.out) if args.out else config.run_dir / "eval" / split
     save_config(config, out / "config.yaml")
     settings = {
-        "config": config.name, "split": split, "metric": metric, "images": len(dataset.records),
+        "config": config.name, "split": split, "images": len(dataset.records),
         "images with detections": len(dets), "detections": sum(len(d) for d in dets.values()),
         "detections file": str(args.detections),
     }
-    report = write_report(out, result, dataset.name, settings, timing)
-    print(f"{dataset.name}: mAP ({metric}) {result.mAP:.4f} over {len(dataset.records)} images; report {report}")
+    report = write_reports(out, results, dataset.name, settings, timing)
+    for index, result in enumerate(results):
+        where = report.parent / result.metric / "report.md" if index else report
+        print(f"{dataset.name}: mAP ({result.metric}) {result.mAP:.4f} over {len(dataset.records)} images; report {where}")
     for format in formats:
         files = save_results(out, format, dets, dataset)
         print(f"{format} results: {os.path.commonpath(files) if files else out} ({len(files)} file(s))")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from eval.datasets import Dataset
-from eval.detections import ImageDetections
+from eval.detections import Detections, ImageDetections
 from eval.errors import UserError
 from eval.metrics.coco import CocoEvaluator
 from eval.metrics.devkit import DevkitEvaluator
@@ -25,7 +25,8 @@ METRICS = ("voc07", "voc10", "ilsvrc", "coco")
 #: yolo: COCO AP@[.5:.95], the mAP50-95 ultralytics reports.
 DEFAULT_METRICS = {"voc": "voc07", "ilsvrc_det": "ilsvrc", "coco": "coco", "yolo": "coco"}
 
-__all__ = ["METRICS", "EvalResult", "Evaluator", "default_metric", "make_evaluator", "resolve_metric"]
+__all__ = ["METRICS", "EvalResult", "Evaluator", "default_metric", "make_evaluator", "resolve_metric", "resolve_metrics",
+           "score"]
 
 
 class Evaluator(Protocol):
@@ -54,6 +55,15 @@ def resolve_metric(metric: str, format: str) -> str:
     return metric
 
 
+def resolve_metrics(metric: str, extra_metrics: list[str], format: str) -> list[str]:
+    """The primary metric (resolved as resolve_metric does), then each extra one not already listed."""
+    metrics = [resolve_metric(metric, format)]
+    for extra in extra_metrics:
+        if resolve_metric(extra, format) not in metrics:
+            metrics.append(resolve_metric(extra, format))
+    return metrics
+
+
 def make_evaluator(metric: str, dataset: Dataset) -> Evaluator:
     """A fresh evaluator of `metric` (one of METRICS) for `dataset`."""
     if metric == "coco":
@@ -61,3 +71,14 @@ def make_evaluator(metric: str, dataset: Dataset) -> Evaluator:
     if metric not in METRICS:
         raise UserError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
     return DevkitEvaluator(metric, dataset)
+
+
+def score(dets: Detections, dataset: Dataset, metric: str, progress: bool = False) -> EvalResult:
+    """`metric` of `dets` (image id -> detections) against `dataset`'s ground truth."""
+    from tqdm import tqdm
+
+    evaluator = make_evaluator(metric, dataset)
+    items = tqdm(dets.items(), desc=f"scoring ({metric})", unit="image", leave=False, disable=not progress)
+    for image_id, image_dets in items:
+        evaluator.process(image_id, image_dets)
+    return evaluator.evaluate()
