@@ -186,11 +186,15 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 def _terminate(pool: ProcessPoolExecutor) -> None:
     """Stop `pool` now: drop queued work, kill its workers mid-task and reap them."""
     processes = list((pool._processes or {}).values())  # Python >= 3.14: pool.terminate_workers()
+    call_queue = pool._call_queue
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
     for process in processes:
         process.join()
+    # Its feeder thread may still hold tasks for the killed workers; joining it at exit could
+    # block forever (a Ctrl-C'd detect printed "interrupted", then hung about 1 run in 3).
+    call_queue.cancel_join_thread()
 
 
 def worker_context(preload: str = __name__) -> multiprocessing.context.BaseContext:
