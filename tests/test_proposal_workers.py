@@ -133,14 +133,15 @@ def test_ctrl_c_stops_detect_and_leaves_no_process_behind(tmp_path, weights):
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
-    for index in range(24):  # noise: about a second of selective search each, far longer than the test waits
+    for index in range(48):  # noise: about a second of selective search each, far longer than the test waits
         Image.fromarray(rng.integers(0, 256, (500, 500, 3), dtype=np.uint8)).save(images / f"{index:02d}.png")
     command = [sys.executable, "-c", "import sys; from detector.cli import detect_main; sys.exit(detect_main(sys.argv[1:]))",
                str(images), "--weights", str(weights), "--set", "test.proposal_workers=2", "--set", "proposals.max_boxes=30",
                "--set", "test.precision=fp32"]
-    # Known flaw, kept visible: about one run in six under pytest prints "interrupted", then
-    # hangs in interpreter shutdown (not reproduced outside pytest yet). Up to three tries; each
-    # must exit 130 within 30 s and leave no process in its group.
+    # Known flaws, kept visible: about one run in six under pytest printed "interrupted", then
+    # hung in interpreter shutdown, and one CI run exited 0 as if the Ctrl-C came after the last
+    # image (not reproduced outside pytest yet). Up to three tries; each must exit 130 within 30 s
+    # and leave no process in its group.
     for _ in range(3):
         if _interrupted_cleanly(command):
             return
@@ -150,7 +151,7 @@ def test_ctrl_c_stops_detect_and_leaves_no_process_behind(tmp_path, weights):
 def _interrupted_cleanly(command: list[str]) -> bool:
     """Run `command` in its own process group, Ctrl-C the group once its two proposal workers
     are up; True when it exits 130 saying "interrupted" and leaves no process behind, False
-    when it hangs (then it is killed)."""
+    when it hangs (then it is killed) or finished undisturbed (exit 0)."""
     run = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True)
     try:
@@ -162,6 +163,8 @@ def _interrupted_cleanly(command: list[str]) -> bool:
         try:
             _, err = run.communicate(timeout=30)
         except subprocess.TimeoutExpired:
+            return False
+        if run.returncode == 0:
             return False
         assert run.returncode == 130 and err.strip().endswith("interrupted")
         deadline = time.monotonic() + 10
