@@ -48,7 +48,7 @@ from detector.precision import Precision, flush_denormals, prepare_model, resolv
 from eval.atomic import atomic_path, check_writable, write_text
 from eval.errors import UserError
 from eval.imagefolder import ImageFolder, read_image_folder
-from proposals.extract import worker_context
+from proposals.extract import loader_processes
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +114,11 @@ def train_augment(settings: PretrainConfig) -> TrainAugment:
                         settings.brightness, settings.contrast, settings.saturation)
 
 
-def _worker_init(_: int) -> None:
-    """One thread per worker: the cores belong to the network."""
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 def make_loader(samples: ClassificationSamples, batches, workers: int, seed: int) -> DataLoader:
-    """A DataLoader over `batches` that never touches the global RNG (dropout stays reproducible).
-    Workers come from a forkserver: forking this process after its OpenMP threads ran can
-    deadlock the child (seen in torch.set_num_threads)."""
-    return DataLoader(samples, batch_sampler=batches, num_workers=workers, worker_init_fn=_worker_init,
-                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
-                      multiprocessing_context=worker_context(__name__) if workers else None)
+    """A DataLoader over `batches` that never touches the global RNG (dropout stays reproducible),
+    with one-core workers from a forkserver (:func:`proposals.extract.loader_processes`)."""
+    return DataLoader(samples, batch_sampler=batches, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(seed), **loader_processes(workers, __name__))
 
 
 def normalise(images: torch.Tensor, precision: Precision) -> torch.Tensor:

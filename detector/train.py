@@ -39,7 +39,7 @@ from eval.atomic import atomic_path, check_writable, write_text
 from eval.datasets import Dataset, load_dataset
 from eval.errors import UserError
 from proposals.cache import cached_proposals, default_cache_dir
-from proposals.extract import worker_context
+from proposals.extract import loader_processes
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,9 @@ class Trainer:
         workers = self.config.train.workers
         return DataLoader(
             Subset(self.batches, range(self.iteration, self.config.train.iterations)), batch_size=None,
-            num_workers=workers, prefetch_factor=2 if workers else None,
+            prefetch_factor=2 if workers else None,
             generator=torch.Generator().manual_seed(self.config.seed),  # keeps the global RNG (dropout) untouched
-            multiprocessing_context=worker_context(__name__) if workers else None,  # no fork after OpenMP ran
+            **loader_processes(workers, __name__),
         )
 
     def step(self, batch: RegionBatch) -> dict[str, float]:

@@ -3,7 +3,8 @@
 Each worker process runs one search at a time on one core (``cv2.setNumThreads(1)``,
 ``torch.set_num_threads(1)``), so N workers use N cores. Workers come from a ``forkserver``
 (``spawn`` where there is none), which is safe whatever threads the parent holds; they ignore
-Ctrl-C, which the parent handles by killing and joining them (:func:`worker_pool`). Images
+Ctrl-C, which the parent handles by killing and joining them (:func:`worker_pool`), and end
+when the parent ends, however it ends (:func:`exit_with`). Images
 already in the cache are read, not recomputed, so an interrupted run resumes where it stopped.
 A failing image is logged and reported in its result; the other images go on.
 """
@@ -13,12 +14,15 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import select
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence, TypeVar
+from typing import Any, Iterator, NamedTuple, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -70,10 +74,42 @@ def _limit_threads() -> None:
     torch.set_num_threads(1)
 
 
-def init_worker() -> None:
-    """Set up a pool worker: one core, and Ctrl-C left to the parent (which ends the pool)."""
+def init_worker(parent: int) -> None:
+    """Set up a pool worker of process `parent`: one core, Ctrl-C left to the parent (which ends
+    the pool), and an exit when the parent is gone."""
     _limit_threads()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with(parent)
+
+
+def exit_with(parent: int) -> None:
+    """End this process (status 1) as soon as process `parent` ends, from a daemon thread.
+    Without it a forkserver's worker outlives a parent killed by a signal: it waits for work on
+    a queue whose write end it holds itself, and it keeps the forkserver alive (each child holds
+    the server's liveness pipe), so both end up orphans under init."""
+    threading.Thread(target=_exit_after, args=(parent,), name=f"exit-with-{parent}", daemon=True).start()
+
+
+def _exit_after(pid: int) -> None:
+    """Block until process `pid` has ended (a pidfd on Linux, else polling each second), then exit."""
+    try:
+        select.select([os.pidfd_open(pid)], [], [])
+    except ProcessLookupError:
+        pass  # already gone
+    except (AttributeError, OSError):  # no pidfd (not Linux, or a kernel before 5.3)
+        while _is_running(pid):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by another user
+    return True
 
 
 @contextlib.contextmanager
@@ -174,7 +210,8 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of `workers` one-core processes (:func:`init_worker`, :func:`worker_context`).
     Leaving the body normally waits for the submitted work; leaving it by an exception (Ctrl-C,
     a generator closed early) cancels what has not started and kills and joins the workers."""
-    pool = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker,
+                               initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
@@ -186,15 +223,19 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 def _terminate(pool: ProcessPoolExecutor) -> None:
     """Stop `pool` now: drop queued work, kill its workers mid-task and reap them."""
     processes = list((pool._processes or {}).values())  # Python >= 3.14: pool.terminate_workers()
-    call_queue = pool._call_queue
+    result_queue = pool._result_queue  # shutdown() forgets it
+    # The feeder thread may still hold tasks for the workers about to die: exit must not join it.
+    pool._call_queue.cancel_join_thread()
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
     for process in processes:
         process.join()
-    # Its feeder thread may still hold tasks for the killed workers; joining it at exit could
-    # block forever (a Ctrl-C'd detect printed "interrupted", then hung about 1 run in 3).
-    call_queue.cancel_join_thread()
+    # A worker killed while sending its result (an image: many pipe-fulls) leaves the pool's
+    # manager thread blocked in recv() on the rest, forever: this process holds a write end
+    # of that pipe too. Closing it turns the rest into end-of-file, so the thread ends and
+    # interpreter exit, which joins it, does not hang after Ctrl-C.
+    result_queue._writer.close()
 
 
 def worker_context(preload: str = __name__) -> multiprocessing.context.BaseContext:
@@ -206,6 +247,21 @@ def worker_context(preload: str = __name__) -> multiprocessing.context.BaseConte
         context.set_forkserver_preload([preload])
         return context
     return multiprocessing.get_context("spawn")
+
+
+def loader_processes(workers: int, preload: str) -> dict[str, Any]:
+    """Keyword arguments for a ``torch.utils.data.DataLoader`` with `workers` worker processes,
+    forked from a forkserver that has imported module `preload` (forking this process after its
+    OpenMP threads ran can deadlock the child), each on one core and ending with this process."""
+    if not workers:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "multiprocessing_context": worker_context(preload),
+            "worker_init_fn": partial(_init_loader_worker, os.getpid())}
+
+
+def _init_loader_worker(parent: int, worker_id: int) -> None:
+    _limit_threads()
+    exit_with(parent)
 
 
 def default_workers() -> int:
