@@ -368,10 +368,10 @@ def write_artefact(checkpoint: Path, key: str, state: dict[str, Any]) -> Path:
     return path
 
 
-def build_artefact(scorer: FineTunedScorer, config: Config) -> tuple[dict[str, Any], nn.Module]:
-    """Calibrate `scorer`'s network on the training split, attach the int8 network, measure
-    agreement and seconds on the held-out images: (the artefact, the int8 network)."""
-    samples = calibration_samples(config)
+def build_artefact(scorer: FineTunedScorer, config: Config,
+                   samples: list[Sample]) -> tuple[dict[str, Any], nn.Module]:
+    """Calibrate `scorer`'s network on `samples` (:func:`calibration_samples`), attach the int8
+    network, measure agreement and seconds on the held-out ones: (the artefact, the int8 network)."""
     held_out = samples[HOLD_OUT_EVERY - 1 :: HOLD_OUT_EVERY] or samples[-1:]
     used = [s for s in samples if not any(s is h for h in held_out)]
     inputs = calibration_inputs(scorer, used)
@@ -407,9 +407,10 @@ def int8_artefact(scorer: FineTunedScorer, config: Config) -> dict[str, Any]:
     state = read_artefact(scorer.checkpoint, key)
     if state is not None:
         return state
-    log.info("int8: calibrating %s on %d images of %s (once; cached)", scorer.checkpoint,
-             config.test.int8_calibration_images, config.data.train_split)
-    state, _ = build_artefact(scorer, config)
+    samples = calibration_samples(config)  # first: it names a missing data set before anything is logged
+    log.info("int8: calibrating %s on %d images of %s (once; cached)", scorer.checkpoint, len(samples),
+             config.data.train_split)
+    state, _ = build_artefact(scorer, config, samples)
     log.info("int8: wrote %s", write_artefact(scorer.checkpoint, key, state))
     return state
 

@@ -131,6 +131,15 @@ def test_fallbacks(tiny_voc, tmp_path, crop_weights, monkeypatch, caplog):
     assert not list(tmp_path.glob("*.int8-*.pt"))
 
 
+def test_auto_without_a_data_set_says_so_once_and_calibrates_nothing(tmp_path, crop_weights, caplog):
+    config = load_config("tiny", [f"output_dir={tmp_path}", "test.precision=auto"])  # no data.root
+    with caplog.at_level(logging.INFO, logger=quantize.__name__):
+        precision = quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))], config, CPU)
+    assert not precision.int8
+    assert "calibrating" not in caplog.text and "no int8" in caplog.text
+    assert not list(tmp_path.glob("*.int8-*.pt"))
+
+
 def test_low_agreement_runs_fp32(tiny_voc, tmp_path, crop_weights, monkeypatch, caplog):
     monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)
     with caplog.at_level(logging.WARNING):
