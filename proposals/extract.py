@@ -210,14 +210,42 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of `workers` one-core processes (:func:`init_worker`, :func:`worker_context`).
     Leaving the body normally waits for the submitted work; leaving it by an exception (Ctrl-C,
     a generator closed early) cancels what has not started and kills and joins the workers."""
-    pool = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker,
-                               initargs=(os.getpid(),))
+    pool = _WorkerPool(workers, mp_context=worker_context(), initializer=init_worker, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
         _terminate(pool)
         raise
     pool.shutdown()
+
+
+class _WorkerPool(ProcessPoolExecutor):
+    """A ProcessPoolExecutor whose submit() finishes before a Ctrl-C is raised: submit starts
+    workers, and one started but not yet registered when KeyboardInterrupt struck would escape
+    :func:`_terminate`, then fail noisily as this process exits (its queues' semaphores gone)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        with _ctrl_c_deferred():
+            return super().submit(fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Run the body with SIGINT recorded, not acted on; then hand a recorded one to the handler
+    that was in place (KeyboardInterrupt by default). Main thread only (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, None)
+        elif received and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:

@@ -148,6 +148,38 @@ def test_ctrl_c_stops_detect_and_leaves_no_process_behind(tmp_path, weights):
     _assert_ctrl_c_ends_it_cleanly(command)
 
 
+# Ctrl-C lands just after a worker was forked and before the pool registered it, the moment a
+# loaded machine makes likely: the pool must still kill it. The script prints the processes of
+# its group forked by the forkserver (workers) still alive a second after the KeyboardInterrupt.
+CTRL_C_DURING_WORKER_START = """
+import os, signal, time
+import multiprocessing.popen_forkserver as forkserver
+from proposals.extract import worker_pool
+from tests.test_proposal_workers import _group_members
+launch = forkserver.Popen._launch
+def launch_then_ctrl_c(self, process_obj):
+    launch(self, process_obj)
+    os.kill(os.getpid(), signal.SIGINT)
+forkserver.Popen._launch = launch_then_ctrl_c
+try:
+    with worker_pool(1) as pool:
+        pool.submit(time.sleep, 60)
+        time.sleep(60)
+except KeyboardInterrupt:
+    time.sleep(1)
+    parent = lambda pid: int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    print([pid for pid in _group_members(os.getpid()) if pid != os.getpid() and parent(pid) != os.getpid()])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+def test_ctrl_c_while_a_worker_starts_still_kills_it():
+    run = subprocess.run([sys.executable, "-c", WITH_CTRL_C + CTRL_C_DURING_WORKER_START], cwd=REPO, timeout=120,
+                         capture_output=True, text=True, start_new_session=True)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout.strip() == "[]"
+
+
 # Each parks a worker process (a proposal pool's, a DataLoader's), prints its pid, then waits.
 PARKED_WORKER = {
     "pool": "import time; from proposals.extract import worker_pool\n"
