@@ -205,14 +205,9 @@ def test_workers_end_with_a_killed_parent(kind):
         assert worker in _group_members(run.pid)
         run.kill()
         run.wait()  # not communicate(): workers left behind would hold its pipes open
-        deadline = time.monotonic() + 15
-        while _group_members(run.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _group_members(run.pid) == []
+        assert _members_after(run.pid, seconds=15) == []
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-        run.communicate()
+        _kill_group(run)
 
 
 def _assert_ctrl_c_ends_it_cleanly(command: list[str]) -> None:
@@ -228,11 +223,20 @@ def _assert_ctrl_c_ends_it_cleanly(command: list[str]) -> None:
         os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
         _, err = run.communicate(timeout=30)
         assert run.returncode == 130 and err.strip().endswith("interrupted"), (run.returncode, err[-2000:])
-        deadline = time.monotonic() + 10
-        while _group_members(run.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _group_members(run.pid) == []
+        assert _members_after(run.pid, seconds=10) == []
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-        run.communicate()
+        _kill_group(run)
+
+
+def _members_after(group: int, seconds: float) -> list[int]:
+    """The live members of process group `group` once it is empty or `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while _group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _group_members(group)
+
+
+def _kill_group(run: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(run.pid, signal.SIGKILL)
+    run.communicate()
