@@ -63,6 +63,9 @@ def test_a_list_of_bases_applies_in_order():
     assert both.name == "animals_voc_imagenette" and both.model.init == "pretrain"
     assert both.data.classes == ["raccoon", "kangaroo"] and both.model.roi_layer == "5b-dilated"  # animals_voc
     assert both.pretrain.input_size == 128 and both.pretrain.schedule == "onecycle"  # imagenette
+    fish = load_config("aquarium_imagenette")
+    assert fish.data.format == "yolo" and fish.model.roi_short_side == 480 and fish.model.init == "pretrain"
+    assert fish.pretrain == both.pretrain
 
 
 def test_saved_config_reloads_identically(tmp_path):
