@@ -129,12 +129,15 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")  # _group_members
+
+
 # A background job (`cmd &` in a script, as CI may run the suite) inherits SIGINT ignored, and
 # Python keeps it so; the commands under test get a terminal's default Ctrl-C back first.
 WITH_CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+@needs_proc
 def test_ctrl_c_stops_detect_and_leaves_no_process_behind(tmp_path, weights):
     images = tmp_path / "images"
     images.mkdir()
@@ -172,7 +175,7 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+@needs_proc
 def test_ctrl_c_while_a_worker_starts_still_kills_it():
     run = subprocess.run([sys.executable, "-c", WITH_CTRL_C + CTRL_C_DURING_WORKER_START], cwd=REPO, timeout=120,
                          capture_output=True, text=True, start_new_session=True)
@@ -192,7 +195,7 @@ PARKED_WORKER = {
 }
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc")
+@needs_proc
 @pytest.mark.parametrize("kind", sorted(PARKED_WORKER))
 def test_workers_end_with_a_killed_parent(kind):
     """SIGKILL (no cleanup in the parent) must not leave the workers or their forkserver behind:
