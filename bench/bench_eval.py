@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.datasets import Dataset, ImageRecord
+from detector.data.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections
 from eval.metrics import make_evaluator
 

@@ -1,4 +1,4 @@
-"""Does preparing the next image in a thread (decode + selective search, `detector.prefetch`)
+"""Does preparing the next image in a thread (decode + selective search, `detector.inference.prefetch`)
 while the network scores this one speed up detection over many images? (issue 8, item 2)
 
 Runs the loop of `detect` on a folder and `rcnn eval` both ways in the same process: one after
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detector.benchmark import BenchSettings, benchmark_model, median_seconds, shared_feature_scorer, synthetic_image
+from detector.bench.benchmark import BenchSettings, benchmark_model, median_seconds, shared_feature_scorer, synthetic_image
 from detector.config import TestConfig
-from detector.inference import Detector
-from detector.prefetch import prefetched
-from detector.precision import resolve_precision
-from eval.images import list_images, load_image
+from detector.inference.detector import Detector
+from detector.inference.prefetch import prefetched
+from detector.common.precision import resolve_precision
+from detector.data.images import list_images, load_image
 from proposals.config import ProposalConfig
 
 

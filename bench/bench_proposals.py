@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.datasets import DatasetConfig, load_dataset
+from detector.data.datasets import DatasetConfig, load_dataset
 from proposals.config import ProposalConfig
 from proposals.extract import extract
 from proposals.report import markdown_table, method_config, summarize

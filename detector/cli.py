@@ -14,13 +14,13 @@ import sys
 import textwrap
 
 from configs import shipped_configs
-from eval.errors import UserError
+from detector.common.errors import UserError
 
 #: command name -> (module, takes a --config, one-line help)
 COMMANDS: dict[str, tuple[str, bool, str]] = {
     "data": ("detector.commands.data", True, "read a dataset split and print its statistics"),
     "config": ("detector.commands.config", True, "print the resolved config (file + --set overrides)"),
-    "proposals": ("proposals.cli", True, "extract selective-search proposals for a split; --report for recall"),
+    "proposals": ("detector.commands.proposals", True, "extract selective-search proposals for a split; --report for recall"),
     "eval": ("detector.commands.eval", True, "score detections of a split (VOC / ILSVRC / COCO mAP) and write the report"),
     "report": ("detector.commands.report", False, "rebuild an evaluation report, or compare two runs' per-class AP"),
     "pretrain": ("detector.commands.pretrain", True, "pre-train GoogLeNet as an image classifier on an ImageFolder"),
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "train": ("detector.commands.train", True, "fine-tune the GoogLeNet region classifier (R-CNN)"),
     "detect": ("detector.commands.detect", True, "detect objects in images (same as the `detect` command)"),
     "bench": ("detector.commands.bench", True, "measure speed and memory: proposals, classifier precisions, detection, training"),
+    "split-val": ("detector.commands.split_val", True, "split ILSVRC DET val into class-balanced val1 / val2 (R-CNN)"),
     "run": ("detector.commands.run", True, "run a whole experiment: proposals, training, detection, evaluation, report"),
 }
 

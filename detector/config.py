@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from configs import config_path
-from eval.atomic import write_text
-from eval.datasets import DatasetConfig
-from eval.errors import UserError
+from detector.common.atomic import write_text
+from detector.data.datasets import DatasetConfig
+from detector.common.errors import UserError
 from proposals.config import ProposalConfig
 
 

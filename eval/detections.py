@@ -17,10 +17,10 @@ from typing import Collection, Iterable
 
 import numpy as np
 
-from eval.atomic import atomic_path, write_text
-from eval.box_formats import xyxy_to_xywh
-from eval.datasets import Dataset
-from eval.errors import UserError
+from detector.common.atomic import atomic_path, write_text
+from detector.data.box_formats import xyxy_to_xywh
+from detector.data.datasets import Dataset
+from detector.common.errors import UserError
 
 #: Version of the results-file layout, stored in its metadata.
 FORMAT_VERSION = 1

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from eval.atomic import atomic_path, write_text
-from eval.errors import UserError
+from detector.common.atomic import atomic_path, write_text
+from detector.common.errors import UserError
 from eval.metrics import EvalResult
 
 CLASSES_PER_PAGE = 20  #: PR curves per PNG (up to a 4 x 5 grid)

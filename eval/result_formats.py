@@ -19,9 +19,9 @@ yolo      ``labels/<image file stem>.txt``, lines         0-based class; box cen
           with ``save_txt=True, save_conf=True``)
 ========  ==============================================  ===============================================
 
-Inside, boxes are float32 ``xyxy`` in continuous pixels (see eval.boxes). Numbers are written in
+Inside, boxes are float32 ``xyxy`` in continuous pixels (see detector.data.boxes). Numbers are written in
 their shortest exact form, so a file read back holds the same scores and labels, and the same
-boxes up to one float32 rounding (eval.box_formats converts VOC and COCO boxes in float32); an image
+boxes up to one float32 rounding (detector.data.box_formats converts VOC and COCO boxes in float32); an image
 without detections has no lines (no label file for yolo).
 """
 from __future__ import annotations
@@ -35,15 +35,15 @@ from typing import Callable
 
 import numpy as np
 
-from eval.atomic import fresh_folder, write_text
-from eval.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_yolo, yolo_to_xyxy
-from eval.datasets import Dataset
+from detector.common.atomic import fresh_folder, write_text
+from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_yolo, yolo_to_xyxy
+from detector.data.datasets import Dataset
 from eval.detections import (
     Detections, ImageDetections, coco_ids, load_detections, results_image_ids, to_coco_results,
     validate_detections,
 )
-from eval.errors import UserError
-from eval.textfile import integer, lines, numbers, text_rows
+from detector.common.errors import UserError
+from detector.data.textfile import integer, lines, numbers, text_rows
 
 READ_FORMATS = ("rcnn", "coco", "voc", "ilsvrc", "yolo")
 SAVE_FORMATS = ("coco", "voc", "ilsvrc", "yolo")

@@ -23,9 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from eval.atomic import atomic_path
-from eval.errors import ImageReadError
-from eval.images import file_digest, load_image
+from detector.common.atomic import atomic_path
+from detector.common.errors import ImageReadError
+from detector.data.images import file_digest, load_image
 from proposals.config import ProposalConfig, backend_params, effective_max_boxes
 from proposals.search import propose_with_config
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eval.errors import UserError
+from detector.common.errors import UserError
 
 #: Backend name -> names of its parameters in ProposalConfig (passed on to `propose`).
 BACKEND_PARAMS: dict[str, tuple[str, ...]] = {

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eval.errors import UserError
-from eval.images import load_image
+from detector.common.errors import UserError
+from detector.data.images import load_image
 from proposals.cache import load_or_compute
 from proposals.config import ProposalConfig, validate
 from proposals.search import propose_with_config

@@ -22,10 +22,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eval.atomic import atomic_path, write_text
-from eval.boxes import box_iou
-from eval.datasets import ImageRecord
-from eval.errors import UserError
+from detector.common.atomic import atomic_path, write_text
+from detector.data.boxes import box_iou
+from detector.data.datasets import ImageRecord
+from detector.common.errors import UserError
 from proposals.config import BACKEND_PARAMS, PRESETS, ProposalConfig, backend_params
 from proposals.extract import ImageResult
 

@@ -3,8 +3,8 @@
 
 The out-of-the-box ``detect`` model scores region proposals with torchvision's ImageNet-1k
 GoogLeNet, whose 1000 class probabilities are mapped to detection classes with the maps this
-script writes (``detector/data/imagenet_to_{ilsvrc_det200,voc20}.json``, read by
-``detector.class_maps``).
+script writes (``configs/classes/imagenet_to_{ilsvrc_det200,voc20}.json``, read by
+``detector.modeling.class_maps``).
 
 A target class collects an ImageNet class's probability when one of its WordNet synsets is the
 ImageNet synset or one of its ancestors (transitive closure over the hypernym ``@`` and instance
@@ -20,7 +20,7 @@ ImageNet wnids are WordNet 3.0 noun offsets (``n01440764`` is the synset at byte
 first lemma names its synset. Output is deterministic: re-running it reproduces the shipped
 files byte for byte.
 
-Usage: python scripts/build_class_maps.py [--wordnet-dir /usr/share/wordnet] [--out detector/data]
+Usage: python scripts/build_class_maps.py [--wordnet-dir /usr/share/wordnet] [--out configs/classes]
 """
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wordnet-dir", type=Path, default=Path("/usr/share/wordnet"),
                         help="WordNet 3.0 dict directory holding data.noun (Debian: wordnet-base)")
-    parser.add_argument("--out", type=Path, default=REPO / "detector" / "data", help="output directory")
+    parser.add_argument("--out", type=Path, default=REPO / "configs" / "classes", help="output directory")
     return parser.parse_args(argv)
 
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from detector.config import load_config  # noqa: E402
-from detector.distributed import init_distributed, shutdown  # noqa: E402
+from detector.common.distributed import init_distributed, shutdown  # noqa: E402
 
 
 def run_two_ranks(kind: str, data_root: Path, run_dir: Path, port: int) -> list[str]:
@@ -30,11 +30,11 @@ def run_two_ranks(kind: str, data_root: Path, run_dir: Path, port: int) -> list[
 
 def make_trainer(kind: str, data_root: str, run_dir: str, context):
     if kind == "train":
-        from detector.train import Trainer
+        from detector.training.finetune import Trainer
 
         config = load_config("tiny", [f"data.root={data_root}", f"output_dir={run_dir}", "train.iterations=2"])
         return Trainer(config, context)
-    from detector.pretrain import Pretrainer
+    from detector.training.pretrain import Pretrainer
 
     config = load_config("tiny", [f"pretrain.root={data_root}", f"output_dir={run_dir}", "pretrain.epochs=1",
                                   "pretrain.batch_size=2", "pretrain.precision=fp32"])

@@ -9,7 +9,7 @@ import math
 import torch
 from PIL import Image
 
-from detector.benchmark import BenchReport, BenchSettings, Row, _compiled_row, add_ratios, synthetic_image
+from detector.bench.benchmark import BenchReport, BenchSettings, Row, _compiled_row, add_ratios, synthetic_image
 from detector.cli import main
 from proposals.extract import default_workers
 

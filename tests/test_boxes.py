@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from eval.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_xywh, xyxy_to_yolo, yolo_to_xyxy
-from eval.boxes import clip_boxes, decode_deltas, encode_deltas
+from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_xywh, xyxy_to_yolo, yolo_to_xyxy
+from detector.data.boxes import clip_boxes, decode_deltas, encode_deltas
 
 
 def test_voc_inclusive_pixels_round_trip():
@@ -50,7 +50,7 @@ def test_clip():
 
 
 def test_hflip_numpy_and_torch_agree():
-    from eval.boxes import hflip_boxes
+    from detector.data.boxes import hflip_boxes
 
     boxes = np.array([[10.0, 2.0, 30.0, 8.0]], np.float32)
     assert hflip_boxes(boxes, 100).tolist() == [[70.0, 2.0, 90.0, 8.0]]

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from detector.class_maps import imagenet_class_map, map_imagenet_probs, target_class_names
+from detector.modeling.class_maps import imagenet_class_map, map_imagenet_probs, target_class_names
 from tests.conftest import REPO
 
 CLASSES = REPO / "configs" / "classes"

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.classify import crop_probabilities, evaluate, load_ensemble
+from detector.inference.classify import crop_probabilities, evaluate, load_ensemble
 from detector.cli import main
 from detector.config import PretrainConfig
-from detector.precision import Precision
-from detector.pretrain import build_classifier, export_weights
-from eval.errors import UserError
-from eval.imagefolder import read_image_folder
+from detector.common.precision import Precision
+from detector.training.pretrain import build_classifier, export_weights
+from detector.common.errors import UserError
+from detector.data.imagefolder import read_image_folder
 from tests.synthetic import make_image_folder
 
 FP32 = Precision(torch.device("cpu"), None)

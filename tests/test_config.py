@@ -6,7 +6,7 @@ import yaml
 
 from configs import shipped_configs
 from detector.config import Config, apply_overrides, load_config, save_config
-from eval.errors import UserError
+from detector.common.errors import UserError
 
 
 @pytest.mark.parametrize("name", ["voc2007", "ilsvrc_det", "coco", "tiny", "animals_voc"])

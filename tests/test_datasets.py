@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from eval.datasets import DatasetConfig, load_dataset, read_class_file
-from eval.errors import AnnotationError, UserError
+from detector.data.datasets import DatasetConfig, load_dataset, read_class_file
+from detector.common.errors import AnnotationError, UserError
 from tests.synthetic import make_ilsvrc_dataset, make_voc_dataset
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torchvision.models import googlenet
 
-from detector.checkpoint import save_checkpoint
+from detector.modeling.checkpoint import save_checkpoint
 from detector.cli import detect_main, main
 from detector.config import load_config
-from detector.inference import Detector
-from detector.model import build_model
-from detector.scorers import FineTunedScorer
-from eval.errors import UserError
-from eval.images import load_image
+from detector.inference.detector import Detector
+from detector.modeling.googlenet import build_model
+from detector.inference.scorers import FineTunedScorer
+from detector.common.errors import UserError
+from detector.data.images import load_image
 
 
 def _checkpoint(path: Path, classes=("square", "disc"), seed=0, input_size=64, score_bias=None) -> Path:
@@ -167,11 +167,11 @@ def _printed_scores(out: str) -> list[float]:
 
 def test_detect_prints_and_draws_above_the_display_threshold_and_saves_everything(
         tiny_voc, tmp_path, spread_weights, capsys, monkeypatch):
-    import detector.draw
+    import eval.draw
 
     drawn = []
-    draw = detector.draw.draw_detections
-    monkeypatch.setattr(detector.draw, "draw_detections", lambda image, boxes, scores, *rest: drawn.append(scores)
+    draw = eval.draw.draw_detections
+    monkeypatch.setattr(eval.draw, "draw_detections", lambda image, boxes, scores, *rest: drawn.append(scores)
                         or draw(image, boxes, scores, *rest))
     out = tmp_path / "out"
     base = [str(tiny_voc / "JPEGImages" / "test_0000.jpg"), "--weights", str(spread_weights), "--out", str(out),

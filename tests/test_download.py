@@ -18,7 +18,7 @@ import pytest
 from detector.cli import main
 from detector.commands import download
 from detector.config import load_config
-from eval.datasets import load_dataset
+from detector.data.datasets import load_dataset
 from tests.synthetic import make_voc_dataset
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.draw import caption_rect, class_colour, draw_detections, font_size, text_colour
+from eval.draw import caption_rect, class_colour, draw_detections, font_size, text_colour
 
 WIDTH, HEIGHT = 200, 100
 

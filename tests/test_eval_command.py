@@ -9,7 +9,7 @@ import yaml
 
 from detector.cli import main
 from detector.config import load_config
-from eval.datasets import load_dataset
+from detector.data.datasets import load_dataset
 from eval.detections import ImageDetections, save_detections
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.data import chelsea
 
-from eval.images import IMAGE_SUFFIXES, file_digest, load_image
+from detector.data.images import IMAGE_SUFFIXES, file_digest, load_image
 from tests.conftest import REPO, SHARED_DATA
 
 CHECKED_FOLDERS = ("examples", "docs", "tests")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.errors import ImageReadError
-from eval.images import file_digest, list_images, load_image
+from detector.common.errors import ImageReadError
+from detector.data.images import file_digest, list_images, load_image
 
 
 def _save(path, image, **kwargs):
@@ -89,7 +89,7 @@ def test_digest_follows_content_not_name(tmp_path):
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
 
-    from eval.atomic import write_text
+    from detector.common.atomic import write_text
 
     mask = os.umask(0o022)
     try:

@@ -23,7 +23,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from eval.datasets import Dataset, DatasetConfig, ImageRecord, read_coco
+from detector.data.datasets import Dataset, DatasetConfig, ImageRecord, read_coco
 from eval.detections import ImageDetections
 from eval.metrics import make_evaluator
 from eval.metrics.coco import COCO_STATS

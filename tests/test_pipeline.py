@@ -14,7 +14,7 @@ import yaml
 
 from detector.cli import main
 from detector.config import load_config
-from eval.datasets import load_dataset
+from detector.data.datasets import load_dataset
 from eval.detections import ImageDetections, load_detections
 from eval.metrics import score
 
@@ -117,7 +117,7 @@ def test_run_end_to_end_writes_every_stage_and_beats_random_scores(tiny_voc, pro
 
 def test_rerun_reuses_every_stage(reference, tiny_voc, proposal_cache, caplog):
     before = {p.name: p.stat().st_mtime_ns for p in (reference / "stages").iterdir()}
-    caplog.set_level("INFO", logger="detector.pipeline")
+    caplog.set_level("INFO", logger="detector.experiment.pipeline")
     assert main(run_args(tiny_voc, reference, proposal_cache)) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (reference / "stages").iterdir()} == before
     reused = [r.getMessage() for r in caplog.records if r.getMessage().endswith("complete, reused")]
@@ -129,8 +129,8 @@ def test_rerun_reuses_every_stage(reference, tiny_voc, proposal_cache, caplog):
 
 def test_kills_during_training_and_detection_then_rerun_give_identical_metrics(
         reference, tiny_voc, proposal_cache, tmp_path, monkeypatch):
-    from detector.inference import Detector
-    from detector.train import Trainer
+    from detector.inference.detector import Detector
+    from detector.training.finetune import Trainer
 
     args = run_args(tiny_voc, tmp_path / "run", proposal_cache)
     step, detect = Trainer.step, Detector.detect
@@ -205,9 +205,9 @@ def test_unwritable_or_full_run_folder_fails_before_any_work(tiny_voc, proposal_
     assert main(run_args(tiny_voc, tmp_path / "file" / "run", proposal_cache)) == 2
     assert "run folder is not writable" in capsys.readouterr().err
 
-    import detector.pipeline
+    import detector.experiment.pipeline
 
-    monkeypatch.setattr(detector.pipeline.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 2**20))
+    monkeypatch.setattr(detector.experiment.pipeline.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 2**20))
     assert main(run_args(tiny_voc, tmp_path / "full", proposal_cache)) == 2
     assert "only 1 MiB free" in capsys.readouterr().err
     assert not (tmp_path / "full" / "stages").exists()

@@ -1,4 +1,4 @@
-"""detector.postprocess: NMS, ensembles, box voting and WBF against hand-computed expectations."""
+"""detector.inference.postprocess: NMS, ensembles, box voting and WBF against hand-computed expectations."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 from ensemble_boxes import weighted_boxes_fusion
 
-from detector import postprocess
-from detector.postprocess import FUSIONS, box_voting, detect_from_scores
-from eval.boxes import box_iou
+from detector.inference import postprocess
+from detector.inference.postprocess import FUSIONS, box_voting, detect_from_scores
+from detector.data.boxes import box_iou
 
 SIZE = (100, 100)  # (height, width)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.prefetch import prefetched
+from detector.inference.prefetch import prefetched
 
 
 def test_results_come_in_order_from_another_thread():

@@ -12,13 +12,13 @@ import torch
 import torchvision
 import yaml
 
-from detector.augment import TrainAugment, center_crop, multi_scale_crops, ten_crops
+from detector.data.transforms import TrainAugment, center_crop, multi_scale_crops, ten_crops
 from detector.config import load_config
-from detector.distributed import DistContext
-from detector.model import CLASSIFIER_PREFIXES, build_model, load_imagenet_trunk
-from detector.pretrain import EpochBatches, Pretrainer, lr_factor, pretrain, read_export
-from eval.errors import UserError
-from eval.imagefolder import read_image_folder
+from detector.common.distributed import DistContext
+from detector.modeling.googlenet import CLASSIFIER_PREFIXES, build_model, load_imagenet_trunk
+from detector.training.pretrain import EpochBatches, Pretrainer, lr_factor, pretrain, read_export
+from detector.common.errors import UserError
+from detector.data.imagefolder import read_image_folder
 from tests.ddp_worker import run_two_ranks
 from tests.synthetic import make_image_folder
 
@@ -223,7 +223,7 @@ def test_rcnn_run_pretrains_then_fine_tunes_from_the_export(image_folder, tiny_v
 
 
 def test_model_init_pretrain_needs_the_export(tiny_voc, tmp_path):
-    from detector.train import train
+    from detector.training.finetune import train
 
     config = load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "model.init=pretrain"])
     with pytest.raises(UserError, match="pretrain/googlenet.pth does not exist; run `rcnn pretrain`"):
@@ -231,7 +231,7 @@ def test_model_init_pretrain_needs_the_export(tiny_voc, tmp_path):
 
 
 def test_a_damaged_resume_checkpoint_is_one_line(image_folder, tmp_path):
-    from detector.checkpoint import load_checkpoint, save_checkpoint
+    from detector.modeling.checkpoint import load_checkpoint, save_checkpoint
 
     config = pretrain_config(image_folder, tmp_path / "run", "pretrain.epochs=1")
     pretrain(config)
@@ -248,7 +248,7 @@ def test_a_damaged_resume_checkpoint_is_one_line(image_folder, tmp_path):
 
 
 def test_frozen_batchnorm_keeps_the_statistics_of_classification_weights(image_folder, tiny_voc, tmp_path):
-    from detector.train import Trainer
+    from detector.training.finetune import Trainer
 
     exported = pretrain(pretrain_config(image_folder, tmp_path / "pre", "pretrain.epochs=1"))
     key = "trunk.inception4a.branch1.bn.running_mean"

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import detector.prefetch
+import detector.inference.prefetch
 from detector.cli import detect_main
 from detector.config import load_config
-from detector.inference import Detector
-from detector.prefetch import AUTO_IMAGES_PER_WORKER, proposal_workers, proposed_images
-from detector.split_detection import detect_split
-from eval.datasets import load_dataset
-from eval.errors import UserError
+from detector.inference.detector import Detector
+from detector.inference.prefetch import AUTO_IMAGES_PER_WORKER, proposal_workers, proposed_images
+from detector.inference.split_detection import detect_split
+from detector.data.datasets import load_dataset
+from detector.common.errors import UserError
 from proposals.extract import default_workers, extract
 from tests.test_detect import _checkpoint
 
@@ -96,7 +96,7 @@ def test_a_warm_proposal_cache_starts_no_workers(tiny_voc, tmp_path, weights, mo
     config = _config(tiny_voc, 2)
     paths = sorted((tiny_voc / "JPEGImages").glob("test_*.jpg"))
     extract(paths, config.proposals, tmp_path, progress=False)
-    monkeypatch.setattr(detector.prefetch, "worker_pool", lambda workers: pytest.fail("started workers"))
+    monkeypatch.setattr(detector.inference.prefetch, "worker_pool", lambda workers: pytest.fail("started workers"))
     detector_ = Detector.from_weights([str(weights)], config)
     read = list(proposed_images(detector_, paths, tmp_path))
     cached = extract(paths, config.proposals, tmp_path, keep_boxes=True, progress=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import proposals.cache as cache_module
-from eval.datasets import DatasetConfig, load_dataset
-from eval.errors import UserError
+from detector.data.datasets import DatasetConfig, load_dataset
+from detector.common.errors import UserError
 from proposals import propose, propose_with_config
 from proposals.cache import cache_path, cached_proposals, default_cache_dir, load_or_compute
 from proposals.config import ProposalConfig, backend_params, effective_max_boxes
@@ -231,7 +231,7 @@ def test_a_bad_image_is_reported_and_the_others_succeed(tmp_path, workers):
 
 
 def test_recall_summary_on_known_boxes():
-    from eval.datasets import ImageRecord
+    from detector.data.datasets import ImageRecord
     from proposals.extract import ImageResult
 
     gt = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32)
@@ -248,7 +248,7 @@ def test_recall_summary_on_known_boxes():
 
 
 def test_recall_by_coco_object_size():
-    from eval.datasets import ImageRecord
+    from detector.data.datasets import ImageRecord
     from proposals.extract import ImageResult
 
     # areas: 100 (small), 31x33 = 1023 (small), 32x32 = 1024 (medium), 96x96 (large), 10x10 ignored

@@ -1,4 +1,4 @@
-"""int8 inference (detector.quantize): agreement with fp32, the per-checkpoint cache, fallbacks,
+"""int8 inference (detector.inference.int8): agreement with fp32, the per-checkpoint cache, fallbacks,
 `auto`'s choice and detection with test.precision=int8, on small He-initialised models."""
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from detector import quantize
-from detector.checkpoint import save_checkpoint
+from detector.inference import int8 as quantize
+from detector.modeling.checkpoint import save_checkpoint
 from detector.config import load_config
-from detector.inference import Detector
-from detector.model import build_model
-from detector.precision import resolve_precision
-from detector.scorers import FineTunedScorer
-from eval.errors import UserError
-from eval.images import load_image
+from detector.inference.detector import Detector
+from detector.modeling.googlenet import build_model
+from detector.common.precision import resolve_precision
+from detector.inference.scorers import FineTunedScorer
+from detector.common.errors import UserError
+from detector.data.images import load_image
 
 CPU = torch.device("cpu")
 LIGHT = {"mode": "roi", "roi_layer": "5b-dilated", "roi_short_side": 96, "roi_max_side": 128}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from eval.errors import UserError
+from detector.common.errors import UserError
 from eval.metrics import EvalResult
 from eval.report import compare_reports, load_report, write_report
 

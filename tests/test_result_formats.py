@@ -13,9 +13,9 @@ import pytest
 
 from detector.cli import detect_main, main
 from detector.config import load_config
-from eval.datasets import Dataset, DatasetConfig, ImageRecord, load_dataset
+from detector.data.datasets import Dataset, DatasetConfig, ImageRecord, load_dataset
 from eval.detections import ImageDetections, save_detections
-from eval.errors import UserError
+from detector.common.errors import UserError
 from eval.metrics import METRICS, score
 from eval.result_formats import SAVE_FORMATS, detect_format, read_results, save_results
 from tests.synthetic import make_ilsvrc_dataset
@@ -68,7 +68,7 @@ def test_every_format_round_trips_to_the_same_map_under_every_metric(dataset, tm
         boxes, scores, labels = by_score(back[image_id])
         expected = by_score(det)
         assert np.array_equal(scores, expected[1]) and np.array_equal(labels, expected[2])
-        np.testing.assert_allclose(boxes, expected[0], atol=1e-4)  # eval.boxes converts in float32
+        np.testing.assert_allclose(boxes, expected[0], atol=1e-4)  # detector.data.boxes converts in float32
     for metric in METRICS:
         reference = score(own, dataset, metric).mAP
         assert reference > 0.05, metric  # the jittered ground truth is found

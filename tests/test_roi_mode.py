@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from detector.checkpoint import load_checkpoint
+from detector.modeling.checkpoint import load_checkpoint
 from detector.config import load_config
-from detector.inference import Detector
-from detector.minibatches import SamplingSettings, TrainBatches
-from detector.model import LightHeadClassifier, SharedFeatureClassifier, build_model
-from detector.regions import resize_for_roi, roi_inputs
-from detector.train import train
-from eval.datasets import DatasetConfig, load_dataset
-from eval.errors import UserError
-from eval.images import load_image
+from detector.inference.detector import Detector
+from detector.training.minibatches import SamplingSettings, TrainBatches
+from detector.modeling.googlenet import LightHeadClassifier, SharedFeatureClassifier, build_model
+from detector.modeling.regions import resize_for_roi, roi_inputs
+from detector.training.finetune import train
+from detector.data.datasets import DatasetConfig, load_dataset
+from detector.common.errors import UserError
+from detector.data.images import load_image
 
 
 def test_roi_model_shares_the_crop_models_weights():

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from detector.model import pad_to_batch
-from detector.roi_pool import roi_align_matmul
+from detector.modeling.googlenet import pad_to_batch
+from detector.modeling.roi_pool import roi_align_matmul
 
 
 def _random_rois(count: int, images: int, generator: torch.Generator) -> torch.Tensor:

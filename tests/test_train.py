@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.checkpoint import load_checkpoint
+from detector.modeling.checkpoint import load_checkpoint
 from detector.config import load_config
-from detector.train import Trainer, lr_factor, train
-from detector.distributed import DistContext
+from detector.training.finetune import Trainer, lr_factor, train
+from detector.common.distributed import DistContext
 from tests.ddp_worker import run_two_ranks
-from eval.errors import UserError
+from detector.common.errors import UserError
 
 def tiny_config(data_root: Path, run_dir: Path, *extra: str):
     return load_config("tiny", [f"data.root={data_root}", f"output_dir={run_dir}", *extra])

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from eval.datasets import DatasetConfig, load_dataset
-from eval.errors import UserError
-from eval.images import image_size, load_image
-from eval.yolo import label_path
+from detector.data.datasets import DatasetConfig, load_dataset
+from detector.common.errors import UserError
+from detector.data.images import image_size, load_image
+from detector.data.yolo import label_path
 from tests.conftest import SHARED_DATA
 from tests.synthetic import CLASSES, make_voc_dataset, make_yolo_dataset
 

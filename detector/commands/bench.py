@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.benchmark import SECTIONS, BenchSettings, format_report, run_benchmark, synthetic_image, write_json
+from detector.bench.benchmark import SECTIONS, BenchSettings, format_report, run_benchmark, synthetic_image, write_json
 from detector.config import Config
-from eval.errors import UserError
-from eval.images import list_images, load_image
+from detector.common.errors import UserError
+from detector.data.images import list_images, load_image
 
 EXAMPLES = Path("examples")
 

@@ -16,8 +16,8 @@ import time
 
 from detector.commands import download
 from detector.config import Config
-from eval import convert
-from eval.datasets import Dataset, load_dataset
+from detector.data import convert
+from detector.data.datasets import Dataset, load_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

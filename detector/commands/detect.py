@@ -29,11 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from detector.config import Config, apply_overrides
-from eval.atomic import atomic_path, check_writable, write_text
-from eval.datasets import Dataset, ImageRecord
+from detector.common.atomic import atomic_path, check_writable, write_text
+from detector.data.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections
-from eval.errors import UserError
-from eval.images import IMAGE_SUFFIXES, list_images
+from detector.common.errors import UserError
+from detector.data.images import IMAGE_SUFFIXES, list_images
 from eval.result_formats import SAVE_FORMATS, save_results
 
 DISPLAY_THRESHOLD = 0.25  #: default --score-threshold (ultralytics' conf)
@@ -129,7 +129,7 @@ def coco_entries(image_id: int, path: Path, result) -> list[dict]:
 
 def _write_outputs(out: Path, path: Path, image, shown, payload: dict, show: bool) -> None:
     """The drawn image (the `shown` detections) and the result file (`payload`, every detection)."""
-    from detector.draw import draw_detections
+    from eval.draw import draw_detections
 
     drawn = draw_detections(image, shown.boxes, shown.scores, shown.labels, shown.names)
     with atomic_path(out / f"{path.stem}.jpg") as tmp:
@@ -163,8 +163,8 @@ def save_formats(out: Path, formats: list[str], detector, detected: list[tuple[i
 
 
 def run(args: argparse.Namespace, config: Config | None) -> int:
-    from detector.inference import Detector
-    from detector.prefetch import proposed_images
+    from detector.inference.detector import Detector
+    from detector.inference.prefetch import proposed_images
 
     if args.max_detections < 1:
         raise UserError(f"--max-detections {args.max_detections}: expected at least 1")

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from detector.config import load_config
-from eval.errors import UserError
+from detector.common.errors import UserError
 
 CHUNK = 1 << 20  #: bytes read per network call
 TIMEOUT_S = 30.0  #: seconds without data before a download counts as interrupted

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from detector.config import Config, save_config
-from eval.datasets import Dataset, load_dataset
+from detector.data.datasets import Dataset, load_dataset
 from eval.detections import Detections, save_detections, validate_detections
 from eval.metrics import METRICS, resolve_metrics, score
 from eval.report import write_reports
@@ -57,8 +57,8 @@ def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset
     list), or the model run over the split (None when only a shard was processed)."""
     if args.detections:
         return read_results(args.detections, dataset, args.format)
-    from detector.inference import Detector, resolve_weights
-    from detector.split_detection import detect_split, detection_key
+    from detector.inference.detector import Detector, resolve_weights
+    from detector.inference.split_detection import detect_split, detection_key
     from proposals.cache import default_cache_dir
     from proposals.extract import parse_shard
 

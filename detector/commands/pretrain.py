@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from detector.pretrain import pretrain
+    from detector.training.pretrain import pretrain
 
     exported = pretrain(config, resume=args.resume)
     print(f"classification weights: {exported} (metadata: {exported.with_suffix('.json')})")

@@ -24,7 +24,7 @@ from detector.config import Config, apply_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from detector.pipeline import STAGES
+    from detector.experiment.pipeline import STAGES
     from proposals.extract import default_workers
 
     parser.add_argument("--workdir", default=None, metavar="DIR",
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from detector.pipeline import run_experiment
+    from detector.experiment.pipeline import run_experiment
     from proposals.extract import parse_shard
 
     if args.workdir:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from detector.train import train
+    from detector.training.finetune import train
 
     if args.init is not None:
         config = apply_overrides(config, [f"model.init={args.init}"])

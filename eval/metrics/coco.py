@@ -13,10 +13,10 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from eval.box_formats import xyxy_to_xywh
-from eval.datasets import Dataset
+from detector.data.box_formats import xyxy_to_xywh
+from detector.data.datasets import Dataset
 from eval.detections import Detections, ImageDetections, check_detections, coco_ids, to_coco_results
-from eval.errors import UserError
+from detector.common.errors import UserError
 from eval.metrics.result import EvalResult, count_by_class
 
 #: Names of COCOeval.stats, in order.

@@ -1,7 +1,7 @@
 """PASCAL VOC (2007, 2010+) and ILSVRC DET scoring, reproducing the devkits' arithmetic.
 
 Overlaps use the devkits' 1-based inclusive pixel convention: boxes are converted with
-:func:`eval.box_formats.xyxy_to_voc` and widths counted as ``x2 - x1 + 1``. For our continuous ``xyxy``
+:func:`detector.data.box_formats.xyxy_to_voc` and widths counted as ``x2 - x1 + 1``. For our continuous ``xyxy``
 boxes this is the same number as the plain continuous IoU (``x2 - (x1 + 1) + 1 == x2 - x1``), but
 computing it the devkits' way reproduces their floating-point results bit for bit.
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.box_formats import xyxy_to_voc
-from eval.datasets import Dataset, ImageRecord
+from detector.data.box_formats import xyxy_to_voc
+from detector.data.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections, check_detections
-from eval.errors import UserError
+from detector.common.errors import UserError
 from eval.metrics.result import EvalResult, count_by_class, mean_ap
 
 VOC_IOU = 0.5  #: VOC: a true positive needs IoU strictly above this

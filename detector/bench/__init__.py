@@ -1,0 +1,1 @@
+"""Benchmark layer: the speed and memory measurements behind ``rcnn bench``."""

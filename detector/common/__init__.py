@@ -1,0 +1,1 @@
+"""Lowest layer: errors, atomic writes, worker processes, distributed set-up, precision."""

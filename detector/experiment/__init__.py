@@ -1,0 +1,1 @@
+"""Experiment layer: the cached, resumable ``rcnn run`` pipeline and its run folders."""

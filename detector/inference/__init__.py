@@ -1,0 +1,1 @@
+"""Inference layer: the Detector, post-processing (NMS, box voting), ensembles, int8, classification, split detection."""
