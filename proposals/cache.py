@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import time
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -23,8 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detector.common.atomic import atomic_path
 from detector.common.errors import ImageReadError
+from detector.common.npz import read_npz, write_npz
 from detector.data.images import file_digest, load_image
 from proposals.config import ProposalConfig, backend_params, effective_max_boxes
 from proposals.search import propose_with_config
@@ -78,14 +77,10 @@ def _key_text(image_digest: str, config: ProposalConfig) -> str:
 
 def _read(path: Path, key: str) -> CacheEntry | None:
     """The entry stored at `path` if it is intact and made for `key`; None when absent or corrupt."""
-    if not path.is_file():
+    data = read_npz(path, ("key", "boxes", "seconds"), "proposal cache file")
+    if data is None:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            stored_key, boxes, seconds = str(data["key"]), data["boxes"], float(data["seconds"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        log.warning("%s: corrupt proposal cache file (%s); recomputing", path, exc)
-        return None
+    stored_key, boxes, seconds = str(data["key"]), data["boxes"], float(data["seconds"])
     if stored_key != key or boxes.dtype != np.float32 or boxes.ndim != 2 or boxes.shape[1] != 4 \
             or not np.isfinite(boxes).all():
         log.warning("%s: proposal cache file does not match its key or is malformed; recomputing", path)
@@ -94,8 +89,7 @@ def _read(path: Path, key: str) -> CacheEntry | None:
 
 
 def _write(path: Path, key: str, entry: CacheEntry) -> None:
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, key=np.array(key), boxes=entry.boxes, seconds=np.float64(entry.seconds))
+    write_npz(path, key=np.array(key), boxes=entry.boxes, seconds=np.float64(entry.seconds))
 
 
 def load_or_compute(image_path: Path, config: ProposalConfig, cache_dir: Path,

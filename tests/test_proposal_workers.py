@@ -24,7 +24,8 @@ from detector.inference.prefetch import AUTO_IMAGES_PER_WORKER, proposal_workers
 from detector.inference.split_detection import detect_split
 from detector.data.datasets import load_dataset
 from detector.common.errors import UserError
-from proposals.extract import default_workers, extract
+from detector.common.workers import default_workers
+from proposals.extract import extract
 from tests.test_detect import _checkpoint
 
 
@@ -96,7 +97,7 @@ def test_a_warm_proposal_cache_starts_no_workers(tiny_voc, tmp_path, weights, mo
     config = _config(tiny_voc, 2)
     paths = sorted((tiny_voc / "JPEGImages").glob("test_*.jpg"))
     extract(paths, config.proposals, tmp_path, progress=False)
-    monkeypatch.setattr(detector.inference.prefetch, "worker_pool", lambda workers: pytest.fail("started workers"))
+    monkeypatch.setattr(detector.inference.prefetch, "worker_pool", lambda *args: pytest.fail("started workers"))
     detector_ = Detector.from_weights([str(weights)], config)
     read = list(proposed_images(detector_, paths, tmp_path))
     cached = extract(paths, config.proposals, tmp_path, keep_boxes=True, progress=False)
@@ -157,7 +158,7 @@ def test_ctrl_c_stops_detect_and_leaves_no_process_behind(tmp_path, weights):
 CTRL_C_DURING_WORKER_START = """
 import os, signal, time
 import multiprocessing.popen_forkserver as forkserver
-from proposals.extract import worker_pool
+from detector.common.workers import worker_pool
 from tests.test_proposal_workers import _group_members
 launch = forkserver.Popen._launch
 def launch_then_ctrl_c(self, process_obj):
@@ -185,11 +186,11 @@ def test_ctrl_c_while_a_worker_starts_still_kills_it():
 
 # Each parks a worker process (a proposal pool's, a DataLoader's), prints its pid, then waits.
 PARKED_WORKER = {
-    "pool": "import time; from proposals.extract import worker_pool\n"
+    "pool": "import time; from detector.common.workers import worker_pool\n"
             "with worker_pool(1) as pool:\n"
             "    pool.submit(time.sleep, 60); print(next(iter(pool._processes)), flush=True); time.sleep(60)",
     "loader": "import time, torch; from torch.utils.data import DataLoader, TensorDataset\n"
-              "from proposals.extract import loader_processes\n"
+              "from detector.common.workers import loader_processes\n"
               "batches = iter(DataLoader(TensorDataset(torch.arange(100)), **loader_processes(1, 'proposals.extract')))\n"
               "print(batches._workers[0].pid, flush=True); time.sleep(60)",
 }

@@ -60,7 +60,7 @@ def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset
     from detector.inference.detector import Detector, resolve_weights
     from detector.inference.split_detection import detect_split, detection_key
     from proposals.cache import default_cache_dir
-    from proposals.extract import parse_shard
+    from detector.common.workers import parse_shard
 
     weights = resolve_weights(args.weights or config.test.weights)
     detector = Detector.from_weights(weights, config)

@@ -25,7 +25,7 @@ from detector.config import Config, apply_overrides
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from detector.experiment.pipeline import STAGES
-    from proposals.extract import default_workers
+    from detector.common.workers import default_workers
 
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="run folder (default: output_dir of the config)")
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     from detector.experiment.pipeline import run_experiment
-    from proposals.extract import parse_shard
+    from detector.common.workers import parse_shard
 
     if args.workdir:
         config = apply_overrides(config, [f"output_dir={args.workdir}"])

@@ -52,14 +52,15 @@ import numpy as np
 from detector.config import Config, detection_settings, load_config, save_config
 from detector.common.atomic import check_writable, write_text
 from detector.data.datasets import Dataset, load_dataset
-from eval.detections import Detections, save_detections
+from eval.detections import save_detections
 from detector.common.errors import UserError
+from detector.common.workers import shard
 from detector.data.images import file_digest
 from eval.metrics import resolve_metrics, score
 from eval.report import write_reports
 from eval.result_formats import check_formats, save_results
 from proposals.cache import default_cache_dir, parameter_key
-from proposals.extract import extract, shard
+from proposals.extract import extract
 
 log = logging.getLogger(__name__)
 

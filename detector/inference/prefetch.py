@@ -23,7 +23,8 @@ import torch
 
 from detector.common.errors import UserError
 from proposals.cache import is_cached
-from proposals.extract import ProposedImage, default_workers, read_and_propose, worker_pool
+from detector.common.workers import default_workers, worker_pool
+from proposals.extract import ProposedImage, read_and_propose
 
 if TYPE_CHECKING:
     from detector.inference.detector import Detector
@@ -44,7 +45,8 @@ def prefetched(function: Callable[[Item], Result], items: Iterable[Item], ahead:
     An exception raised by ``function`` is raised here when its item's turn comes. Close the
     iterator (``contextlib.closing``) when leaving it early: that kills and joins the workers."""
     if workers:
-        pool, call = worker_pool(workers), function
+        # the worker server imports the module of what the workers run, once
+        pool, call = worker_pool(workers, getattr(function, "func", function).__module__), function
     else:
         pool, call = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch"), _in_inference_mode(function)
     with pool as executor:

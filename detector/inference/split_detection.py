@@ -11,24 +11,20 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
-import zipfile
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from detector.config import detection_settings
 from detector.inference.detector import Detector
 from detector.inference.prefetch import proposed_images
-from detector.common.atomic import atomic_path
+from detector.common.npz import read_npz, write_npz
 from detector.data.datasets import Dataset, ImageRecord
 from eval.detections import Detections, ImageDetections
 from detector.common.errors import UserError
+from detector.common.workers import shard
 from detector.data.images import file_digest
-from proposals.extract import ProposedImage, shard
-
-log = logging.getLogger(__name__)
+from proposals.extract import ProposedImage
 
 
 def detection_key(detector: Detector, weights: list[str]) -> str:
@@ -49,19 +45,12 @@ def _cache_file(cache_dir: Path, record: ImageRecord) -> Path:
 
 def _read_cached(path: Path) -> ImageDetections | None:
     """Cached detections, or None when absent or unreadable (then recomputed)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return ImageDetections(data["boxes"], data["scores"], data["labels"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        log.warning("%s: unreadable cached detections (%s); recomputing", path, exc)
-        return None
+    data = read_npz(path, ("boxes", "scores", "labels"), "cached detections")
+    return None if data is None else ImageDetections(data["boxes"], data["scores"], data["labels"])
 
 
 def _write_cached(path: Path, dets: ImageDetections) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, boxes=dets.boxes, scores=dets.scores, labels=dets.labels)
+    write_npz(path, boxes=dets.boxes, scores=dets.scores, labels=dets.labels)
 
 
 def detect_split(

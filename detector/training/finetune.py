@@ -39,7 +39,7 @@ from detector.common.atomic import atomic_path, check_writable, write_text
 from detector.data.datasets import Dataset, load_dataset
 from detector.common.errors import UserError
 from proposals.cache import cached_proposals, default_cache_dir
-from proposals.extract import loader_processes
+from detector.common.workers import loader_processes
 
 log = logging.getLogger(__name__)
 

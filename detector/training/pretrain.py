@@ -48,7 +48,7 @@ from detector.common.precision import Precision, flush_denormals, prepare_model,
 from detector.common.atomic import atomic_path, check_writable, write_text
 from detector.common.errors import UserError
 from detector.data.imagefolder import ImageFolder, read_image_folder
-from proposals.extract import loader_processes
+from detector.common.workers import loader_processes
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def train_augment(settings: PretrainConfig) -> TrainAugment:
 
 def make_loader(samples: ClassificationSamples, batches, workers: int, seed: int) -> DataLoader:
     """A DataLoader over `batches` that never touches the global RNG (dropout stays reproducible),
-    with one-core workers from a forkserver (:func:`proposals.extract.loader_processes`)."""
+    with one-core workers from a forkserver (:func:`detector.common.workers.loader_processes`)."""
     return DataLoader(samples, batch_sampler=batches, prefetch_factor=4 if workers else None,
                       generator=torch.Generator().manual_seed(seed), **loader_processes(workers, __name__))
 
