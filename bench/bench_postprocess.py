@@ -18,8 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.inference.postprocess import FUSIONS, detect_from_scores  # noqa: E402
 from detector.data.boxes import box_iou  # noqa: E402
+from detector.inference.ensemble import FUSIONS
+from detector.inference.postprocess import detect_from_scores
 
 HEIGHT, WIDTH = 375, 500
 

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detector.bench.benchmark import BenchSettings, benchmark_model, median_seconds, shared_feature_scorer, synthetic_image
+from detector.bench.models import benchmark_model, shared_feature_scorer
+from detector.bench.report import BenchSettings, median_seconds, synthetic_image
+from detector.common.precision import resolve_precision
 from detector.config import TestConfig
+from detector.data.images import list_images, load_image
 from detector.inference.detector import Detector
 from detector.inference.prefetch import prefetched
-from detector.common.precision import resolve_precision
-from detector.data.images import list_images, load_image
 from proposals.config import ProposalConfig
 
 

@@ -16,8 +16,8 @@ import yaml
 
 from configs import config_path
 from detector.common.atomic import write_text
-from detector.data.datasets import DatasetConfig
 from detector.common.errors import UserError
+from detector.data.datasets import DatasetConfig
 from proposals.config import ProposalConfig
 
 

@@ -18,9 +18,10 @@ from typing import Collection, Iterable
 import numpy as np
 
 from detector.common.atomic import atomic_path, write_text
-from detector.data.box_formats import xyxy_to_xywh
-from detector.data.datasets import Dataset
 from detector.common.errors import UserError
+from detector.data.box_formats import xyxy_to_xywh
+from detector.data.coco_json import coco_ids
+from detector.data.datasets import Dataset
 
 #: Version of the results-file layout, stored in its metadata.
 FORMAT_VERSION = 1
@@ -199,25 +200,6 @@ def validate_detections(dets: Detections, dataset: Dataset, where: str = "detect
 
 
 # --------------------------------------------------------------------------- COCO results
-
-
-def coco_ids(dataset: Dataset) -> tuple[list[int], list[int]]:
-    """(image id per record, category id per class) used in COCO JSON for `dataset`.
-
-    COCO datasets keep their own ids; other datasets number images and classes from 1.
-    """
-    image_ids = [r.coco_id if r.coco_id is not None else i + 1 for i, r in enumerate(dataset.records)]
-    category_ids = dataset.coco_category_ids or list(range(1, len(dataset.classes) + 1))
-    return image_ids, list(category_ids)
-
-
-def results_image_ids(dataset: Dataset) -> list[int | str]:
-    """The image_id of each record in COCO results files: COCO's own id on COCO data, else the
-    dataset's image id, as a number where it is one (``000005`` -> 5, ultralytics' rule)."""
-    return [
-        r.coco_id if r.coco_id is not None else int(r.image_id) if r.image_id.isdecimal() else r.image_id
-        for r in dataset.records
-    ]
 
 
 def to_coco_results(dets: Detections, dataset: Dataset, image_ids: list[int | str] | None = None) -> list[dict]:

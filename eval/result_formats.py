@@ -36,14 +36,12 @@ from typing import Callable
 import numpy as np
 
 from detector.common.atomic import fresh_folder, write_text
-from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_yolo, yolo_to_xyxy
-from detector.data.datasets import Dataset
-from eval.detections import (
-    Detections, ImageDetections, coco_ids, load_detections, results_image_ids, to_coco_results,
-    validate_detections,
-)
 from detector.common.errors import UserError
+from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_yolo, yolo_to_xyxy
+from detector.data.coco_json import coco_ids, results_image_ids
+from detector.data.datasets import Dataset
 from detector.data.textfile import integer, lines, numbers, text_rows
+from eval.detections import Detections, ImageDetections, load_detections, to_coco_results, validate_detections
 
 READ_FORMATS = ("rcnn", "coco", "voc", "ilsvrc", "yolo")
 SAVE_FORMATS = ("coco", "voc", "ilsvrc", "yolo")

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from detector.common.atomic import atomic_path, write_text
+from detector.common.errors import UserError
 from detector.data.boxes import box_iou
 from detector.data.datasets import ImageRecord
-from detector.common.errors import UserError
 from proposals.config import BACKEND_PARAMS, PRESETS, ProposalConfig, backend_params
 from proposals.extract import ImageResult
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torchvision import ops
 
-from detector.data.boxes import clip_boxes, remove_small_boxes
 from detector.common.errors import UserError
+from detector.data.boxes import clip_boxes, remove_small_boxes
 from proposals.config import BACKEND_PARAMS, ProposalConfig, backend_params, effective_max_boxes
 
 

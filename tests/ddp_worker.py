@@ -15,8 +15,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from detector.config import load_config  # noqa: E402
 from detector.common.distributed import init_distributed, shutdown  # noqa: E402
+from detector.config import load_config  # noqa: E402
 
 
 def run_two_ranks(kind: str, data_root: Path, run_dir: Path, port: int) -> list[str]:

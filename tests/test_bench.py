@@ -9,9 +9,10 @@ import math
 import torch
 from PIL import Image
 
-from detector.bench.benchmark import BenchReport, BenchSettings, Row, _compiled_row, add_ratios, synthetic_image
+from detector.bench.classifier import _compiled_row
+from detector.bench.report import BenchReport, BenchSettings, Row, add_ratios, synthetic_image
 from detector.cli import main
-from proposals.extract import default_workers
+from detector.common.workers import default_workers
 
 TINY = ["--set", "model.input_size=32", "--set", "model.context_pad=2", "--set", "test.batch_size=2",
         "--set", "proposals.max_boxes=8", "--set", "train.regions_per_batch=4", "--set", "model.roi_short_side=64",

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_xywh, xyxy_to_yolo, yolo_to_xyxy
-from detector.data.boxes import clip_boxes, decode_deltas, encode_deltas
+from detector.data.boxes import clip_boxes
+from detector.modeling.box_regression import decode_deltas, encode_deltas
 
 
 def test_voc_inclusive_pixels_round_trip():

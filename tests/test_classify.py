@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.inference.classify import crop_probabilities, evaluate, load_ensemble
 from detector.cli import main
-from detector.config import PretrainConfig
-from detector.common.precision import Precision
-from detector.training.pretrain import build_classifier, export_weights
 from detector.common.errors import UserError
+from detector.common.precision import Precision
+from detector.config import PretrainConfig
 from detector.data.imagefolder import read_image_folder
+from detector.inference.classify import evaluate
+from detector.inference.ensemble import crop_probabilities, load_ensemble
+from detector.modeling.build import build_classifier
+from detector.training.pretrain import export_weights
 from tests.synthetic import make_image_folder
 
 FP32 = Precision(torch.device("cpu"), None)

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from configs import shipped_configs
-from detector.config import Config, apply_overrides, load_config, save_config
 from detector.common.errors import UserError
+from detector.config import Config, apply_overrides, load_config, save_config
 
 
 @pytest.mark.parametrize("name", ["voc2007", "ilsvrc_det", "coco", "tiny", "animals_voc"])

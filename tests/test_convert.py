@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
+from detector.common.errors import UserError
 from detector.data.convert import convert
 from detector.data.datasets import Dataset, DatasetConfig, load_dataset
-from detector.common.errors import UserError
 from tests.synthetic import CLASSES, make_ilsvrc_dataset, make_voc_dataset
 
 SPLITS = ("train", "test")

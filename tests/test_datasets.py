@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from detector.data.datasets import DatasetConfig, load_dataset, read_class_file
 from detector.common.errors import AnnotationError, UserError
+from detector.data.datasets import DatasetConfig, load_dataset, read_class_file
 from tests.synthetic import make_ilsvrc_dataset, make_voc_dataset
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torchvision.models import googlenet
 
-from detector.modeling.checkpoint import save_checkpoint
 from detector.cli import detect_main, main
-from detector.config import load_config
-from detector.inference.detector import Detector
-from detector.modeling.googlenet import build_model
-from detector.inference.scorers import FineTunedScorer
 from detector.common.errors import UserError
+from detector.config import load_config
 from detector.data.images import load_image
+from detector.inference.detector import Detector
+from detector.inference.scorers import FineTunedScorer
+from detector.modeling.build import build_model
+from detector.modeling.checkpoint import save_checkpoint
 
 
 def _checkpoint(path: Path, classes=("square", "disc"), seed=0, input_size=64, score_bias=None) -> Path:
@@ -148,7 +148,7 @@ def test_detect_cli_folder_with_a_bad_file(tiny_voc, tmp_path, weights, capsys):
     (images / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
     code = detect_main([str(images), "--weights", str(weights), "--out", str(out), "--coco-json", str(out / "coco.json"),
-                        "--set", "proposals.max_boxes=30", "--score-threshold", "0"])
+                        "--save-format", "coco", "--set", "proposals.max_boxes=30", "--score-threshold", "0"])
     captured = capsys.readouterr()
     assert code == 1  # some input failed; the others were processed
     assert "broken.jpg: cannot read image" in captured.err
@@ -158,7 +158,9 @@ def test_detect_cli_folder_with_a_bad_file(tiny_voc, tmp_path, weights, capsys):
     payload = json.loads((out / "test_0000.json").read_text())
     assert payload["detections"] and set(payload["detections"][0]) == {"class", "label", "score", "box_xyxy"}
     coco = json.loads((out / "coco.json").read_text())
-    assert coco and set(coco[0]) == {"image_id", "file_name", "category_id", "bbox", "score"}
+    assert coco and set(coco[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert {entry["image_id"] for entry in coco} == {"test_0000", "test_0001"}  # the file stems
+    assert coco == json.loads((out / "detections_test_rcnn_results.json").read_text())  # as --save-format coco
 
 
 def _printed_scores(out: str) -> list[float]:
@@ -184,7 +186,8 @@ def test_detect_prints_and_draws_above_the_display_threshold_and_saves_everythin
     assert f"shown of {len(saved)} (score >= 0.25, at most 10)" in printed
     assert _printed_scores(printed) == [0.665] * min(len(squares), 10) and "disc" not in printed
     assert drawn[-1].tolist() == pytest.approx([0.66524] * min(len(squares), 10), abs=1e-5)
-    assert sorted(d["score"] for d in json.loads((out / "coco.json").read_text())) == sorted(d["score"] for d in saved)
+    coco_scores = sorted(d["score"] for d in json.loads((out / "coco.json").read_text()))  # full precision
+    assert coco_scores == pytest.approx(sorted(d["score"] for d in saved), abs=5e-6)  # the JSON's are rounded
     assert detect_main([*base, "--max-detections", "1", "--score-threshold", "0"]) == 0
     assert _printed_scores(capsys.readouterr().out) == [0.665] and len(drawn[-1]) == 1
 

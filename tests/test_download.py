@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from detector.cli import main
-from detector.commands import download
 from detector.config import load_config
+from detector.data import download
 from detector.data.datasets import load_dataset
 from tests.synthetic import make_voc_dataset
 

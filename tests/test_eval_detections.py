@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detector.common.errors import UserError
 from detector.data.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections, load_detections, save_detections, to_coco_results, validate_detections
-from detector.common.errors import UserError
 
 
 def _record(image_id: str, coco_id: int | None = None) -> ImageRecord:

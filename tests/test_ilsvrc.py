@@ -10,14 +10,14 @@ import pytest
 import yaml
 
 from configs import config_path
-from detector.modeling.checkpoint import load_checkpoint
 from detector.cli import main
+from detector.common.errors import UserError
 from detector.config import load_config
+from detector.data.datasets import load_dataset
 from detector.ilsvrc import main as split_main
+from detector.modeling.checkpoint import load_checkpoint
 from detector.training.ilsvrc import balanced_split, class_counts, ground_truth_only, relative_imbalance
 from detector.training.minibatches import SamplingSettings, TrainBatches
-from detector.data.datasets import load_dataset
-from detector.common.errors import UserError
 from tests.synthetic import make_ilsvrc_dataset
 
 WNIDS = ("n00000001", "n00000002")

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from detector.common.errors import UserError
 from detector.data.box_formats import voc_to_xyxy, xyxy_to_voc
 from detector.data.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections
-from detector.common.errors import UserError
 from eval.metrics import default_metric, make_evaluator, resolve_metric
 from eval.metrics.devkit import devkit_iou, ilsvrc_thresholds
 

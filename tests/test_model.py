@@ -6,11 +6,11 @@ import pytest
 import torch
 from torchvision.models import googlenet
 
-from detector.modeling.checkpoint import check_classes, load_checkpoint, model_from_checkpoint, save_checkpoint
-from detector.modeling.googlenet import build_model
+from detector.common.errors import UserError
+from detector.modeling.build import build_model, model_from_checkpoint
+from detector.modeling.checkpoint import check_classes, load_checkpoint, save_checkpoint
 from detector.modeling.regions import dilate_for_context, normalize_image, warp_regions
 from detector.training.sampling import sample_regions
-from detector.common.errors import UserError
 
 
 def test_heads_and_aux_classifiers():

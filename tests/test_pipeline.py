@@ -205,9 +205,9 @@ def test_unwritable_or_full_run_folder_fails_before_any_work(tiny_voc, proposal_
     assert main(run_args(tiny_voc, tmp_path / "file" / "run", proposal_cache)) == 2
     assert "run folder is not writable" in capsys.readouterr().err
 
-    import detector.experiment.pipeline
+    import detector.experiment.run_folder
 
-    monkeypatch.setattr(detector.experiment.pipeline.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 2**20))
+    monkeypatch.setattr(detector.experiment.run_folder.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 2**20))
     assert main(run_args(tiny_voc, tmp_path / "full", proposal_cache)) == 2
     assert "only 1 MiB free" in capsys.readouterr().err
     assert not (tmp_path / "full" / "stages").exists()

@@ -1,4 +1,4 @@
-"""detector.inference.postprocess: NMS, ensembles, box voting and WBF against hand-computed expectations."""
+"""detector.inference.postprocess and .ensemble: NMS, ensembles, box voting and WBF against hand-computed expectations."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 import torch
 from ensemble_boxes import weighted_boxes_fusion
 
-from detector.inference import postprocess
-from detector.inference.postprocess import FUSIONS, box_voting, detect_from_scores
 from detector.data.boxes import box_iou
+from detector.inference import ensemble
+from detector.inference.ensemble import FUSIONS, box_voting
+from detector.inference.postprocess import detect_from_scores
 
 SIZE = (100, 100)  # (height, width)
 
@@ -162,7 +163,7 @@ def test_box_voting_single_model_without_neighbours_leaves_box_unchanged():
 
 @pytest.mark.parametrize("chunk", [1 << 22, 7])  # one IoU matrix, or many small chunks
 def test_box_voting_matches_a_per_box_reference(monkeypatch, chunk):
-    monkeypatch.setattr(postprocess, "_VOTE_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(ensemble, "_VOTE_CHUNK_ELEMENTS", chunk)
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(300, 2, generator=gen) * 60
     pool_boxes = torch.cat([xy, xy + 10 + torch.rand(300, 2, generator=gen) * 30], dim=1)

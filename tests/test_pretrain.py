@@ -12,15 +12,18 @@ import torch
 import torchvision
 import yaml
 
-from detector.data.transforms import TrainAugment, center_crop, multi_scale_crops, ten_crops
-from detector.config import load_config
 from detector.common.distributed import DistContext
-from detector.modeling.googlenet import CLASSIFIER_PREFIXES, build_model, load_imagenet_trunk
-from detector.training.pretrain import EpochBatches, Pretrainer, lr_factor, pretrain, read_export
 from detector.common.errors import UserError
+from detector.config import load_config
+from detector.data.classification import EpochBatches
 from detector.data.imagefolder import read_image_folder
+from detector.data.transforms import TrainAugment, center_crop, multi_scale_crops, ten_crops
+from detector.modeling.build import CLASSIFIER_PREFIXES, build_model, load_imagenet_trunk, read_export
+from detector.training.pretrain import Pretrainer, pretrain
+from detector.training.schedules import pretrain_lr_factor as lr_factor
 from tests.ddp_worker import run_two_ranks
 from tests.synthetic import make_image_folder
+
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:

@@ -18,16 +18,15 @@ from PIL import Image
 
 import detector.inference.prefetch
 from detector.cli import detect_main
-from detector.config import load_config
-from detector.inference.detector import Detector
-from detector.inference.prefetch import AUTO_IMAGES_PER_WORKER, proposal_workers, proposed_images
-from detector.inference.split_detection import detect_split
-from detector.data.datasets import load_dataset
 from detector.common.errors import UserError
 from detector.common.workers import default_workers
+from detector.config import load_config
+from detector.data.datasets import load_dataset
+from detector.inference.detector import Detector, proposed_images
+from detector.inference.prefetch import AUTO_IMAGES_PER_WORKER, proposal_workers
+from detector.inference.split_detection import detect_split
 from proposals.extract import extract
 from tests.test_detect import _checkpoint
-
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import proposals.cache as cache_module
-from detector.data.datasets import DatasetConfig, load_dataset
 from detector.common.errors import UserError
+from detector.common.workers import parse_shard, shard
+from detector.data.datasets import DatasetConfig, load_dataset
 from proposals import propose, propose_with_config
 from proposals.cache import cache_path, cached_proposals, default_cache_dir, load_or_compute
 from proposals.config import ProposalConfig, backend_params, effective_max_boxes
-from detector.common.workers import parse_shard, shard
 from proposals.extract import extract
 from proposals.report import best_overlaps, method_config, size_table, summarize
 from proposals.search import postprocess

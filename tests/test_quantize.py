@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from detector.inference import int8 as quantize
-from detector.modeling.checkpoint import save_checkpoint
-from detector.config import load_config
-from detector.inference.detector import Detector
-from detector.modeling.googlenet import build_model
-from detector.common.precision import resolve_precision
-from detector.inference.scorers import FineTunedScorer
 from detector.common.errors import UserError
+from detector.common.precision import resolve_precision
+from detector.config import load_config
 from detector.data.images import load_image
+from detector.inference import precision_choice as quantize
+from detector.inference.detector import Detector
+from detector.inference.scorers import FineTunedScorer
+from detector.modeling.build import build_model
+from detector.modeling.checkpoint import save_checkpoint
 
 CPU = torch.device("cpu")
 LIGHT = {"mode": "roi", "roi_layer": "5b-dilated", "roi_short_side": 96, "roi_max_side": 128}

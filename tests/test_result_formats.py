@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from detector.cli import detect_main, main
+from detector.common.errors import UserError
 from detector.config import load_config
 from detector.data.datasets import Dataset, DatasetConfig, ImageRecord, load_dataset
 from eval.detections import ImageDetections, save_detections
-from detector.common.errors import UserError
 from eval.metrics import METRICS, score
 from eval.result_formats import SAVE_FORMATS, detect_format, read_results, save_results
 from tests.synthetic import make_ilsvrc_dataset

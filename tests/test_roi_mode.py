@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from detector.modeling.checkpoint import load_checkpoint
+from detector.common.errors import UserError
 from detector.config import load_config
+from detector.data.datasets import DatasetConfig, load_dataset
+from detector.data.images import load_image
 from detector.inference.detector import Detector
-from detector.training.minibatches import SamplingSettings, TrainBatches
-from detector.modeling.googlenet import LightHeadClassifier, SharedFeatureClassifier, build_model
+from detector.modeling.build import build_model
+from detector.modeling.checkpoint import load_checkpoint
+from detector.modeling.googlenet import LightHeadClassifier, SharedFeatureClassifier
 from detector.modeling.regions import resize_for_roi, roi_inputs
 from detector.training.finetune import train
-from detector.data.datasets import DatasetConfig, load_dataset
-from detector.common.errors import UserError
-from detector.data.images import load_image
+from detector.training.minibatches import SamplingSettings, TrainBatches
 
 
 def test_roi_model_shares_the_crop_models_weights():

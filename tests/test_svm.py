@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from detector.modeling.checkpoint import load_checkpoint
 from detector.config import load_config
+from detector.data.images import load_image
 from detector.inference.detector import Detector
+from detector.modeling.checkpoint import load_checkpoint
 from detector.modeling.svm import RegionFeatures, train_class_svm, train_svm_head
 from detector.training.finetune import train
-from detector.data.images import load_image
 
 
 def test_hard_negative_mining_finds_the_separating_direction():

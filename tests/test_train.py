@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector.modeling.checkpoint import load_checkpoint
-from detector.config import load_config
-from detector.training.finetune import Trainer, lr_factor, train
 from detector.common.distributed import DistContext
-from tests.ddp_worker import run_two_ranks
 from detector.common.errors import UserError
+from detector.config import load_config
+from detector.modeling.checkpoint import load_checkpoint
+from detector.training.finetune import Trainer, train
+from detector.training.schedules import finetune_lr_factor as lr_factor
+from tests.ddp_worker import run_two_ranks
+
 
 def tiny_config(data_root: Path, run_dir: Path, *extra: str):
     return load_config("tiny", [f"data.root={data_root}", f"output_dir={run_dir}", *extra])

@@ -16,14 +16,15 @@ import torch
 import yaml
 from torchvision.models import googlenet
 
-from detector.inference import detector as inference
-from detector.modeling.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from detector.cli import detect_main, main
-from detector.config import load_config
-from detector.inference.detector import Detector
-from detector.modeling.googlenet import build_model, make_network
-from detector.training.finetune import train
 from detector.common.errors import UserError
+from detector.config import load_config
+from detector.inference import detector as inference
+from detector.inference.detector import Detector
+from detector.modeling.build import build_model
+from detector.modeling.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from detector.modeling.googlenet import make_network
+from detector.training.finetune import train
 from eval.report import write_report
 from tests.test_report import make_result
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from detector.data.datasets import DatasetConfig, load_dataset
 from detector.common.errors import UserError
+from detector.data.datasets import DatasetConfig, load_dataset
 from detector.data.images import image_size, load_image
 from detector.data.yolo import label_path
 from tests.conftest import SHARED_DATA

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detector.bench.benchmark import (BenchSettings, Row, _proposal_config, benchmark_model, median_seconds, random_scorers,
-                                shared_feature_scorer)
-from detector.config import Config
-from detector.inference.detector import Detector
+from detector.bench.models import benchmark_model, proposal_config_for, random_scorers, shared_feature_scorer
+from detector.bench.report import BenchSettings, Row, median_seconds
 from detector.common.precision import resolve_precision
-from detector.inference.prefetch import proposal_workers, proposed_images
+from detector.common.workers import default_workers, worker_pool
+from detector.config import Config
+from detector.inference.detector import Detector, proposed_images
+from detector.inference.prefetch import proposal_workers
 from proposals.config import effective_max_boxes
-from proposals.extract import default_workers, extract, worker_pool
+from proposals.extract import extract
 
 IMAGES = 12  #: images per timed pass (the files given, cycled or cut to this); --quick: QUICK_IMAGES
 QUICK_IMAGES = 4
@@ -39,8 +40,8 @@ def bench_throughput(images: dict[str, np.ndarray], config: Config, settings: Be
     baseline and worker splits."""
     detector = _detector(config, settings)
     detector.detect(next(iter(images.values())))  # warm-up: the network's first pass
-    with worker_pool(1) as pool:
-        pool.submit(int).result()  # start the forkserver outside the timed passes
+    with worker_pool(1, preload="proposals.extract") as pool:
+        pool.submit(int).result()  # start the forkserver (as detection's pools will) outside the timed passes
     with tempfile.TemporaryDirectory() as scratch:
         paths = _image_files(images, Path(scratch) / "images", QUICK_IMAGES if settings.quick else IMAGES)
         cache = Path(scratch) / "proposals"
@@ -62,7 +63,7 @@ def _detector(config: Config, settings: BenchSettings) -> Detector:
     else:
         scorer = random_scorers(model, 1, settings)[0]
     precision = resolve_precision(config.test.precision, torch.device(settings.device))
-    return Detector([scorer], _proposal_config(config, settings), config.test, precision)
+    return Detector([scorer], proposal_config_for(config, settings), config.test, precision)
 
 
 def _image_files(images: dict[str, np.ndarray], scratch: Path, count: int) -> list[Path]:

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.bench.benchmark import SECTIONS, BenchSettings, format_report, run_benchmark, synthetic_image, write_json
-from detector.config import Config
+from detector.bench.report import SECTIONS, BenchSettings, format_report, synthetic_image, write_json
+from detector.bench.runner import run_benchmark
 from detector.common.errors import UserError
+from detector.config import Config
 from detector.data.images import list_images, load_image
 
 EXAMPLES = Path("examples")

@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from detector.inference.classify import load_ensemble, top_classes
     from detector.common.precision import flush_denormals, resolve_precision
+    from detector.inference.classify import top_classes
+    from detector.inference.ensemble import load_ensemble
     from detector.training.pretrain import EXPORT_NAME
 
     precision = resolve_precision(args.precision or config.test.precision)
@@ -51,9 +52,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _evaluate(args, config: Config, ensemble, precision) -> int:
-    from detector.inference.classify import evaluate
     from detector.common.atomic import write_text
     from detector.data.imagefolder import read_image_folder
+    from detector.inference.classify import evaluate
 
     if args.data:
         folder = read_image_folder(Path(args.data).parent, Path(args.data).name, ensemble.classes)

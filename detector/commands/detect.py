@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from detector.config import Config, apply_overrides
 from detector.common.atomic import atomic_path, check_writable, write_text
-from detector.data.datasets import Dataset, ImageRecord
-from eval.detections import ImageDetections
 from detector.common.errors import UserError
+from detector.config import Config, apply_overrides
+from detector.data.coco_json import results_image_ids
+from detector.data.datasets import Dataset, ImageRecord
 from detector.data.images import IMAGE_SUFFIXES, list_images
+from eval.detections import ImageDetections, to_coco_results
 from eval.result_formats import SAVE_FORMATS, save_results
 
 DISPLAY_THRESHOLD = 0.25  #: default --score-threshold (ultralytics' conf)
@@ -117,16 +118,6 @@ def result_json(path: Path, result, image_shape) -> dict:
     }
 
 
-def coco_entries(image_id: int, path: Path, result) -> list[dict]:
-    """COCO results entries (bbox x, y, width, height px; category_id = label + 1) of every detection."""
-    return [
-        {"image_id": image_id, "file_name": path.name, "category_id": int(label) + 1,
-         "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
-         "score": round(float(score), 5)}
-        for (x1, y1, x2, y2), score, label in zip(result.boxes, result.scores, result.labels)
-    ]
-
-
 def _write_outputs(out: Path, path: Path, image, shown, payload: dict, show: bool) -> None:
     """The drawn image (the `shown` detections) and the result file (`payload`, every detection)."""
     from eval.draw import draw_detections
@@ -139,32 +130,30 @@ def _write_outputs(out: Path, path: Path, image, shown, payload: dict, show: boo
         drawn.show()
 
 
-def check_save_format(formats: list[str], out: Path | None, paths: list[Path]) -> None:
-    """UserError when --save-format cannot name every image apart or has no --out to write to."""
-    if not formats:
-        return
-    if out is None:
+def check_result_files(formats: list[str], coco_json: str | None, out: Path | None, paths: list[Path]) -> None:
+    """UserError when result files (--save-format, --coco-json) cannot name every image apart, or
+    --save-format has no --out to write to."""
+    if formats and out is None:
         raise UserError("--save-format writes into the --out folder: give --out DIR")
+    if not formats and not coco_json:
+        return
     (stem, count), = collections.Counter(p.stem for p in paths).most_common(1)
     if count > 1:
-        raise UserError(f"--save-format: {count} inputs are named {stem!r}; result files name images by file name")
+        option = "--save-format" if formats else "--coco-json"
+        raise UserError(f"{option}: {count} inputs are named {stem!r}; result files name images by file name")
 
 
-def save_formats(out: Path, formats: list[str], detector, detected: list[tuple[int, Path, tuple, object]]) -> None:
-    """Write every detection of the images read, (input index, path, image shape, DetectionResult),
-    as result files in `out`: split ``test``, image ids the file stems, ILSVRC image_index the
-    input's 1-based position."""
+def detected_split(detector, detected: list[tuple[int, Path, tuple, object]]) -> tuple[Dataset, dict]:
+    """The images read, (input index, path, image shape, DetectionResult), as a split ``test``
+    and its detections: image ids the file stems, ILSVRC image_index the input's 1-based position."""
     records = [ImageRecord(path.stem, path, shape[1], shape[0], np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
                            np.zeros(0, bool), list_index=index + 1) for index, path, shape, _ in detected]
     dataset = Dataset("detect/test", detector.classes, detector.display_names, records)
-    dets = {path.stem: ImageDetections(r.boxes, r.scores, r.labels) for _, path, _, r in detected}
-    for format in formats:
-        save_results(out, format, dets, dataset)
+    return dataset, {path.stem: ImageDetections(r.boxes, r.scores, r.labels) for _, path, _, r in detected}
 
 
 def run(args: argparse.Namespace, config: Config | None) -> int:
-    from detector.inference.detector import Detector
-    from detector.inference.prefetch import proposed_images
+    from detector.inference.detector import Detector, proposed_images
 
     if args.max_detections < 1:
         raise UserError(f"--max-detections {args.max_detections}: expected at least 1")
@@ -174,10 +163,10 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_writable(out)
-    check_save_format(args.save_format, out, paths)
+    check_result_files(args.save_format, args.coco_json, out, paths)
     target = {"det200": "ilsvrc_det200", "voc": "voc20"}[args.classes]
     detector = Detector.from_weights(args.weights, config, imagenet_target=target)
-    coco_results, detected, failures = [], [], 0
+    detected, failures = [], 0
     with contextlib.closing(proposed_images(detector, paths)) as inputs:
         for index, (path, ready) in enumerate(zip(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr), inputs)):
             if isinstance(ready, UserError):
@@ -192,13 +181,14 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
             print(json.dumps(payload) if args.json else table, flush=True)
             if out is not None:
                 _write_outputs(out, path, ready.image, shown, payload, args.show)
-            coco_results += coco_entries(index, path, result)
-            if args.save_format:
+            if args.save_format or args.coco_json:
                 detected.append((index, path, ready.image.shape, result))
-    if args.coco_json:
-        write_text(args.coco_json, json.dumps(coco_results))
-    if args.save_format:
-        save_formats(out, args.save_format, detector, detected)
+    if args.save_format or args.coco_json:
+        dataset, dets = detected_split(detector, detected)
+        for format in args.save_format:
+            save_results(out, format, dets, dataset)
+        if args.coco_json:  # the entries --save-format coco writes
+            write_text(args.coco_json, json.dumps(to_coco_results(dets, dataset, results_image_ids(dataset))))
     if failures:
         print(f"{failures} of {len(paths)} input(s) could not be read", file=sys.stderr)
     return 1 if failures else 0

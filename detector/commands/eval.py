@@ -57,10 +57,10 @@ def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset
     list), or the model run over the split (None when only a shard was processed)."""
     if args.detections:
         return read_results(args.detections, dataset, args.format)
+    from detector.common.workers import parse_shard
     from detector.inference.detector import Detector, resolve_weights
     from detector.inference.split_detection import detect_split, detection_key
     from proposals.cache import default_cache_dir
-    from detector.common.workers import parse_shard
 
     weights = resolve_weights(args.weights or config.test.weights)
     detector = Detector.from_weights(weights, config)

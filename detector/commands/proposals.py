@@ -29,9 +29,9 @@ import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detector.common.atomic import write_text
-from detector.data.datasets import Dataset, ImageRecord, load_dataset
 from detector.common.errors import UserError
 from detector.common.workers import default_workers, parse_shard, shard
+from detector.data.datasets import Dataset, ImageRecord, load_dataset
 from proposals.cache import default_cache_dir
 from proposals.config import BACKEND_PARAMS, PRESETS, validate
 from proposals.extract import ImageResult, extract

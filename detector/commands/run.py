@@ -24,8 +24,8 @@ from detector.config import Config, apply_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from detector.experiment.pipeline import STAGES
     from detector.common.workers import default_workers
+    from detector.experiment.pipeline import STAGES
 
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="run folder (default: output_dir of the config)")
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from detector.experiment.pipeline import run_experiment
     from detector.common.workers import parse_shard
+    from detector.experiment.pipeline import run_experiment
 
     if args.workdir:
         config = apply_overrides(config, [f"output_dir={args.workdir}"])

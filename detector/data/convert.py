@@ -15,7 +15,7 @@ hard-linked when OUT is on the same file system, else copied. Class names are th
 class ids (wnids for ILSVRC). What a layout cannot hold: VOC stores whole pixels, so boxes are
 rounded to the nearest pixel edge; YOLO has no ignore flag, so ignored boxes (VOC ``difficult``,
 COCO ``iscrowd``) are dropped with a warning, as ultralytics' own VOC conversion drops difficult
-objects. COCO images are numbered from 1 unless they come from COCO (eval.detections.coco_ids).
+objects. COCO images are numbered from 1 unless they come from COCO (detector.data.coco_json.coco_ids).
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ import numpy as np
 import yaml
 
 from detector.common.atomic import fresh_folder
-from detector.data.box_formats import xyxy_to_voc, xyxy_to_yolo
-from detector.data.datasets import Dataset, ImageRecord
 from detector.common.errors import ImageReadError, UserError
-from eval.metrics.coco import ground_truth_json
+from detector.data.box_formats import xyxy_to_voc, xyxy_to_yolo
+from detector.data.coco_json import ground_truth_json
+from detector.data.datasets import Dataset, ImageRecord
 from detector.data.textfile import text_rows
 from detector.data.yolo import DATA_YAML, SPLIT_KEYS
 

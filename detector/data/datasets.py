@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, yolo_to_xyxy
 from detector.common.errors import AnnotationError, UserError
+from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, yolo_to_xyxy
 from detector.data.images import image_size
 from detector.data.yolo import DataYaml, find_data_yaml, label_path, orphan_labels, read_data_yaml, read_labels
 

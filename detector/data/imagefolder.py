@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.data.datasets import read_class_file
 from detector.common.errors import UserError
+from detector.data.datasets import read_class_file
 from detector.data.images import IMAGE_SUFFIXES
 
 

@@ -33,7 +33,6 @@ Run folder::
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import functools
@@ -41,21 +40,27 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
-
-from detector.config import Config, detection_settings, load_config, save_config
-from detector.common.atomic import check_writable, write_text
-from detector.data.datasets import Dataset, load_dataset
-from eval.detections import save_detections
+from detector.common.atomic import write_text
 from detector.common.errors import UserError
 from detector.common.workers import shard
+from detector.config import Config, detection_settings, load_config, save_config
+from detector.data.datasets import Dataset, load_dataset
 from detector.data.images import file_digest
+from detector.experiment.run_folder import (
+    Manifest,
+    RunFolder,
+    check_run_folder,
+    content_key,
+    fingerprint,
+    logging_to,
+    markdown_summary,
+)
+from eval.detections import save_detections
 from eval.metrics import resolve_metrics, score
 from eval.report import write_reports
 from eval.result_formats import check_formats, save_results
@@ -66,90 +71,11 @@ log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "proposals", "train", "detect", "evaluate", "report")
 SHARDABLE = ("proposals", "detect")
-MIN_FREE_BYTES = 512 * 2**20  #: refuse to start with less free space in the run folder
 #: Training settings that do not change the trained weights (left out of the train key).
 TRAIN_BOOKKEEPING = ("checkpoint_every", "log_every", "workers", "val_every", "val_images",
                      "extra_split", "extra_boxes_per_class")
 #: Pre-training settings that do not change the weights (the data enters the key by content).
 PRETRAIN_BOOKKEEPING = ("root", "workers", "checkpoint_every")
-
-
-def content_key(*parts: Any) -> str:
-    """16 hex digits of SHA-1 over JSON-able `parts`."""
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fingerprint(records: list, name: str, classes: list[str]) -> str:
-    """Content key of a split: class list, image ids, image bytes and annotations."""
-    digest = hashlib.sha1(json.dumps([name, classes]).encode())
-    for record in records:
-        try:
-            image = file_digest(record.path, length=40)
-        except OSError as exc:
-            raise UserError(f"{record.path}: image not readable ({exc.strerror})") from None
-        digest.update(f"{record.image_id}\0{image}".encode())
-        for array in (record.boxes, record.labels, record.ignore):
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- manifests
-
-
-@dataclass
-class Manifest:
-    """A finished stage unit: its input key, outputs (path relative to the run folder -> SHA-1)
-    and facts worth reporting (counts, seconds)."""
-
-    unit: str
-    key: str
-    outputs: dict[str, str] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-class RunFolder:
-    """The run folder and its stage manifests."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def manifest_file(self, unit: str) -> Path:
-        return self.root / "stages" / f"{unit}.json"
-
-    def valid(self, unit: str, key: str) -> Manifest | None:
-        """The unit's manifest when it was made for `key` and its outputs are intact, else None."""
-        path = self.manifest_file(unit)
-        if not path.is_file():
-            return None
-        try:
-            manifest = Manifest(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            log.warning("%s: unreadable manifest (%s); redoing %s", path, exc, unit)
-            return None
-        if manifest.key != key:
-            log.info("%s: inputs changed since it ran; redoing it", unit)
-            return None
-        for relative, digest in manifest.outputs.items():
-            output = self.root / relative
-            if not output.is_file() or file_digest(output, length=40) != digest:
-                log.warning("%s: %s is missing or changed; redoing %s", path, output, unit)
-                return None
-        return manifest
-
-    def complete(self, unit: str, key: str, outputs: list[Path], info: dict[str, Any]) -> Manifest:
-        """Record the unit as done (atomically, after its outputs)."""
-        digests = {str(p.relative_to(self.root)): file_digest(p, length=40) for p in outputs}
-        manifest = Manifest(unit, key, digests, info)
-        write_text(self.manifest_file(unit), json.dumps(dataclasses.asdict(manifest), indent=2) + "\n")
-        return manifest
-
-
-def check_run_folder(root: Path, min_free: int = MIN_FREE_BYTES) -> None:
-    """Raise UserError unless `root` can be created, written and has `min_free` bytes free."""
-    check_writable(root, "run folder")
-    free = shutil.disk_usage(root).free
-    if free < min_free:
-        raise UserError(f"{root}: only {free / 2**20:.0f} MiB free, need at least {min_free / 2**20:.0f} MiB")
 
 
 # --------------------------------------------------------------------------- models
@@ -416,7 +342,7 @@ class Pipeline:
     def evaluation(self, split: str, model: Model) -> Manifest:
         detect = self.detections(split, model)
         metrics = resolve_metrics(self.config.eval.metric, self.config.eval.extra_metrics, self.config.data.format)
-        key = content_key(metrics[0] if len(metrics) == 1 else metrics, detect.key, detect.outputs)
+        key = content_key(metrics, detect.key, detect.outputs)
         relative = next(iter(detect.outputs))  # detections_<split>.npz; then any other formats
         return self._unit(self._unit_name("evaluate", split, model), "evaluate", key,
                           lambda: self._evaluate(split, model, metrics, self.folder.root / relative))
@@ -478,35 +404,6 @@ class Pipeline:
             return None
         evaluations = {self._unit_name("evaluate", s, m): self.evaluation(s, m) for s, m in pairs}
         return self.report(evaluations) if "report" in self.stages else None
-
-
-def markdown_summary(name: str, evaluations: dict[str, Manifest], manifests: dict[str, dict]) -> str:
-    """report.md of a run: mAP of every evaluated model and split, then every stage unit."""
-    lines = [f"# {name}", "", "| evaluation | metric | mAP |", "|---|---|---|"]
-    for unit, manifest in evaluations.items():
-        scores = {manifest.info["metric"]: manifest.info["mAP"], **manifest.info.get("extra", {})}
-        lines += [f"| {unit.removeprefix('evaluate-')} | {metric} | {value:.4f} |" for metric, value in scores.items()]
-    lines += ["", "| stage | key | seconds | facts |", "|---|---|---|---|"]
-    for unit, manifest in manifests.items():
-        info = dict(manifest["info"])
-        seconds = info.pop("seconds", "")
-        facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("mAP", "metric", "extra"))
-        lines.append(f"| {unit} | {manifest['key']} | {seconds} | {facts} |")
-    return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def logging_to(path: Path) -> Iterator[None]:
-    """Also append this process's log records to `path` while the body runs."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
 
 
 def run_experiment(config: Config, stages: tuple[str, ...] = STAGES, shard: tuple[int, int] = (0, 1),

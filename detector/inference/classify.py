@@ -5,59 +5,18 @@ and over an ensemble of models, scored as top-1 / top-5 error.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from detector.data.transforms import TEST_CROPS, EvalCrops, read_rgb
-from detector.common.precision import Precision, prepare_model
-from detector.training.pretrain import ClassificationSamples, load_classifier, make_loader, normalise
 from detector.common.errors import UserError
+from detector.common.precision import Precision
+from detector.data.classification import ClassificationSamples, make_loader
 from detector.data.imagefolder import ImageFolder
+from detector.data.transforms import TEST_CROPS, EvalCrops, read_rgb
+from detector.inference.ensemble import Ensemble, crop_probabilities
 
 CROPS_PER_BATCH = 288  #: crops per forward pass (images per batch = this // crops per image)
-
-
-@dataclass
-class Ensemble:
-    """Classifiers that agree on classes and input size, and their shared metadata."""
-
-    models: list[nn.Module]
-    classes: list[str]
-    display_names: list[str]
-    input_size: int
-    paths: list[Path]
-
-
-def load_ensemble(paths: list[str | Path], precision: Precision) -> Ensemble:
-    """Load exported classifiers; UserError when their classes or input sizes differ."""
-    if not paths:
-        raise UserError("give at least one classifier weights file (--weights)")
-    models, first = [], None
-    for path in paths:
-        model, metadata = load_classifier(path)
-        if first is None:
-            first = metadata
-        elif (metadata["classes"], metadata["input_size"]) != (first["classes"], first["input_size"]):
-            raise UserError(f"{path}: classes or input size differ from {paths[0]}'s; an ensemble needs the same")
-        models.append(prepare_model(model, precision))
-    return Ensemble(models, list(first["classes"]), list(first.get("display_names", first["classes"])),
-                    int(first["input_size"]), [Path(p) for p in paths])
-
-
-@torch.no_grad()
-def crop_probabilities(ensemble: Ensemble, crops: torch.Tensor, precision: Precision) -> torch.Tensor:
-    """Softmax averaged over crops and models: crops uint8 [B, K, 3, S, S] -> probabilities [B, C]."""
-    batch, per_image = crops.shape[:2]
-    inputs = normalise(crops.flatten(0, 1), precision)
-    total = 0
-    for model in ensemble.models:
-        with precision.autocast():
-            logits = model(inputs).float()
-        total = total + logits.softmax(1).view(batch, per_image, -1).mean(1)
-    return total / len(ensemble.models)
 
 
 def evaluate(ensemble: Ensemble, folder: ImageFolder, crops: int, precision: Precision, workers: int = 2,

@@ -9,25 +9,32 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from detector.config import Config, TestConfig
-from detector.inference.postprocess import detect_from_scores
-from detector.common.precision import Precision, flush_denormals, resolve_precision
-from detector.inference.prefetch import prefetched
-from detector.inference.int8 import inference_precision
-from detector.modeling.regions import normalize_image, warp_regions
-from detector.inference.scorers import FineTunedScorer, ImageNetScorer, RegionScorer
-from detector.data.boxes import clip_boxes, decode_deltas, hflip_boxes
-from eval.detections import ImageDetections
 from detector.common.errors import UserError
+from detector.common.precision import Precision, flush_denormals, resolve_precision
+from detector.common.workers import default_workers
+from detector.config import Config, TestConfig
+from detector.data.boxes import clip_boxes, hflip_boxes
 from detector.data.images import load_image
+from detector.inference.ensemble import check_members, ensemble_members
+from detector.inference.postprocess import detect_from_scores
+from detector.inference.precision_choice import inference_precision
+from detector.inference.prefetch import prefetched, proposal_workers, with_torch_threads
+from detector.inference.scorers import FineTunedScorer, ImageNetScorer, RegionScorer
+from detector.modeling.box_regression import decode_deltas
+from detector.modeling.regions import normalize_image, warp_regions
+from eval.detections import ImageDetections
 from proposals import propose_with_config
+from proposals.cache import is_cached
 from proposals.config import ProposalConfig
+from proposals.extract import ProposedImage, read_and_propose
 
 #: Where `detect` looks for a default fine-tuned checkpoint when no --weights / $RCNN_WEIGHTS.
 DEFAULT_CHECKPOINT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "googlenet-rcnn" / "default.pt"
@@ -64,11 +71,8 @@ class Detector:
                  test_config: TestConfig, precision: Precision | None = None) -> None:
         if not scorers:
             raise UserError("a detector needs at least one model")
+        check_members(scorers)
         first = scorers[0]
-        for other in scorers[1:]:
-            if other.classes != first.classes:
-                raise UserError(f"ensemble members disagree on classes: {first.name} has {len(first.classes)}, "
-                                f"{other.name} has {len(other.classes)} (or another order)")
         if test_config.max_proposals < 0:
             raise UserError(f"test.max_proposals = {test_config.max_proposals}: expected 0 (all) or more")
         flush_denormals()
@@ -91,17 +95,12 @@ class Detector:
 
     # ----------------------------------------------------------------- scoring
 
-    def _members(self) -> list[tuple[RegionScorer, bool]]:
-        """(scorer, flipped) pairs: each model, and each again on mirrored regions with TTA."""
-        flips = (False, True) if self.test_config.flip else (False,)
-        return [(scorer, flip) for scorer in self.scorers for flip in flips]
-
     @torch.inference_mode()
     def score(self, image: np.ndarray, proposals: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores [K, N, C+1] and refined boxes [K, N, C, 4] of K members on N proposals."""
         height, width = image.shape[:2]
         boxes = torch.as_tensor(proposals, dtype=torch.float32).reshape(-1, 4)
-        members = self._members()
+        members = ensemble_members(self.scorers, self.test_config.flip)
         num_classes = len(self.classes)
         scores = torch.zeros((len(members), len(boxes), num_classes + 1))
         deltas = torch.zeros((len(members), len(boxes), 4 * num_classes))
@@ -184,3 +183,24 @@ class Detector:
             det_boxes.numpy().astype(np.float32), det_scores.numpy().astype(np.float32), labels,
             [self.display_names[i] for i in labels], timing,
         )
+
+
+def proposed_images(detector: Detector, paths: Sequence[Path], cache_dir: Path | None = None,
+                    network_threads: int | None = None) -> Iterator[ProposedImage | UserError]:
+    """:func:`proposals.extract.read_and_propose` of each path (through the proposal cache in
+    `cache_dir` when given), in order, ahead of the caller: in ``test.proposal_workers``
+    processes (:func:`proposal_workers`; none when every image's proposals are cached already,
+    as reading them is cheap), else in one thread. While it runs, torch in this process uses
+    `network_threads` (default: the cores the workers leave, at least one; unchanged without
+    workers). Close it when leaving early: that ends the workers and restores the threads."""
+    config, test = detector.proposal_config, detector.test_config
+    if test.proposal_ahead < 0:
+        raise UserError(f"test.proposal_ahead = {test.proposal_ahead}: expected 0 (two per worker) or more")
+    to_compute = len(paths) if cache_dir is None else sum(not is_cached(p, config, cache_dir) for p in paths)
+    light = all(scorer.shares_features for scorer in detector.scorers)
+    workers = proposal_workers(test.proposal_workers, light, to_compute)
+    ahead = (test.proposal_ahead or 2 * workers) if workers else 1
+    if network_threads is None:
+        network_threads = max(1, default_workers() - workers) if workers else 0
+    read = partial(read_and_propose, config=config, cache_dir=cache_dir)
+    return with_torch_threads(network_threads, prefetched(read, paths, ahead, workers))

@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from functools import partial
 from itertools import islice
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 
 from detector.common.errors import UserError
-from proposals.cache import is_cached
 from detector.common.workers import default_workers, worker_pool
-from proposals.extract import ProposedImage, read_and_propose
-
-if TYPE_CHECKING:
-    from detector.inference.detector import Detector
 
 #: auto starts workers for at least this many images per core: below, the one-off start of the
 #: worker server (a fresh interpreter importing torch and OpenCV, 1.5-3 s on 2 cores) costs more
@@ -85,28 +78,7 @@ def proposal_workers(setting: int, light_network: bool, images: int) -> int:
     return min(setting, images) if images > 1 else 0
 
 
-def proposed_images(detector: "Detector", paths: Sequence[Path], cache_dir: Path | None = None,
-                    network_threads: int | None = None) -> Iterator[ProposedImage | UserError]:
-    """:func:`proposals.extract.read_and_propose` of each path (through the proposal cache in
-    `cache_dir` when given), in order, ahead of the caller: in ``test.proposal_workers``
-    processes (:func:`proposal_workers`; none when every image's proposals are cached already,
-    as reading them is cheap), else in one thread. While it runs, torch in this process uses
-    `network_threads` (default: the cores the workers leave, at least one; unchanged without
-    workers). Close it when leaving early: that ends the workers and restores the threads."""
-    config, test = detector.proposal_config, detector.test_config
-    if test.proposal_ahead < 0:
-        raise UserError(f"test.proposal_ahead = {test.proposal_ahead}: expected 0 (two per worker) or more")
-    to_compute = len(paths) if cache_dir is None else sum(not is_cached(p, config, cache_dir) for p in paths)
-    light = all(scorer.shares_features for scorer in detector.scorers)
-    workers = proposal_workers(test.proposal_workers, light, to_compute)
-    ahead = (test.proposal_ahead or 2 * workers) if workers else 1
-    if network_threads is None:
-        network_threads = max(1, default_workers() - workers) if workers else 0
-    read = partial(read_and_propose, config=config, cache_dir=cache_dir)
-    return _with_torch_threads(network_threads, prefetched(read, paths, ahead, workers))
-
-
-def _with_torch_threads(count: int, results: Iterator[Result]) -> Iterator[Result]:
+def with_torch_threads(count: int, results: Iterator[Result]) -> Iterator[Result]:
     """`results`, with `count` intra-op torch threads (unchanged when 0) until they end or are closed."""
     before = torch.get_num_threads()
     if count:

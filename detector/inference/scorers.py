@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import googlenet
 
-from detector.modeling.checkpoint import load_checkpoint, model_from_checkpoint, model_settings
-from detector.modeling.class_maps import map_imagenet_probs, target_class_names
-from detector.modeling.googlenet import RegionClassifier, SharedFeatureClassifier, imagenet_weights
+from detector.common.errors import UserError
 from detector.common.precision import Precision, prepare_input, prepare_model
+from detector.modeling.build import imagenet_weights, model_from_checkpoint
+from detector.modeling.checkpoint import load_checkpoint, model_settings
+from detector.modeling.class_maps import map_imagenet_probs, target_class_names
+from detector.modeling.googlenet import RegionClassifier, SharedFeatureClassifier
 from detector.modeling.regions import resize_for_roi, roi_inputs
 from detector.modeling.svm import SvmHead
-from detector.common.errors import UserError
 
 WEIGHTS_HELP = "pass --weights CHECKPOINT.pt (train one with `rcnn train`) or set $RCNN_WEIGHTS"
 

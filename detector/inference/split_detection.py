@@ -15,15 +15,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from detector.config import detection_settings
-from detector.inference.detector import Detector
-from detector.inference.prefetch import proposed_images
-from detector.common.npz import read_npz, write_npz
-from detector.data.datasets import Dataset, ImageRecord
-from eval.detections import Detections, ImageDetections
 from detector.common.errors import UserError
+from detector.common.npz import read_npz, write_npz
 from detector.common.workers import shard
+from detector.config import detection_settings
+from detector.data.datasets import Dataset, ImageRecord
 from detector.data.images import file_digest
+from detector.inference.detector import Detector, proposed_images
+from eval.detections import Detections, ImageDetections
 from proposals.extract import ProposedImage
 
 

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.modeling.googlenet import RegionClassifier, make_network
 from detector.common.atomic import atomic_path
 from detector.common.errors import UserError
 
@@ -138,7 +137,7 @@ def inference_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {k: v.half() if v.is_floating_point() else v for k, v in weights.items() if not k.startswith(AUX_PREFIXES)}
 
 
-def _tensors(weights: Any, where: str) -> dict[str, torch.Tensor]:
+def weight_tensors(weights: Any, where: str) -> dict[str, torch.Tensor]:
     """`weights` checked to be a mapping of names to tensors."""
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
@@ -149,7 +148,7 @@ def _tensors(weights: Any, where: str) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, weights: Any, where: str, described: str) -> None:
     """Load `weights` into `model` (the `described` one) strictly; UserError naming `where` when
     tensors are missing, unexpected or of another shape (another mode, layer or class count)."""
-    weights, own = _tensors(weights, where), model.state_dict()
+    weights, own = weight_tensors(weights, where), model.state_dict()
     found = {
         "missing": [k for k in own if k not in weights],
         "unexpected": [k for k in weights if k not in own],
@@ -162,7 +161,7 @@ def load_weights(model: nn.Module, weights: Any, where: str, described: str) -> 
     model.load_state_dict(weights)
 
 
-def _check_inference_state(state: dict[str, Any], where: str) -> None:
+def check_inference_state(state: dict[str, Any], where: str) -> None:
     """UserError naming `where` unless `state` has the keys and types inference reads."""
     if "kind" in state:  # e.g. "pretrain": detection checkpoints carry no kind
         raise UserError(f"{where}: a {state['kind']!r} checkpoint, not a detector; fine-tune one from its exported "
@@ -182,25 +181,3 @@ def _is_svm_head(svm: Any) -> bool:
     """True for what SvmHead.state_dict writes."""
     return isinstance(svm, dict) and set(svm) == SVM_KEYS and isinstance(svm["feature_scale"], float) \
         and all(isinstance(v, torch.Tensor) for k, v in svm.items() if k != "feature_scale")
-
-
-def model_from_checkpoint(state: dict[str, Any], use_ema: bool = True, where: str = "checkpoint") -> RegionClassifier:
-    """An inference model (eval mode, auxiliary classifiers dropped) from a loaded checkpoint;
-    UserError naming `where` when the checkpoint lacks what inference needs or its weights do not
-    fit the model its config describes."""
-    _check_inference_state(state, where)
-    weights = _tensors(state["ema"] if use_ema and state.get("ema") is not None else state["model"], where)
-    weights = {k: v for k, v in weights.items() if not k.startswith(AUX_PREFIXES)}
-    num_classes, head = len(state["classes"]), weights.get("cls_score.weight")
-    if head is not None and head.shape[:1] != (num_classes + 1,):
-        raise UserError(f"{where}: checkpoint head of shape {list(head.shape)} does not give {num_classes} classes "
-                        "+ background (its class list and weights disagree)")
-    settings = model_settings(state, where)
-    mode, roi_layer = settings.get("mode", "crop"), settings.get("roi_layer", "4e")
-    try:
-        model = make_network(mode, num_classes, aux_classifiers=False, roi_layer=roi_layer)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
-    described = f"the {mode} model its config describes" + (f" (roi_layer {roi_layer})" if mode == "roi" else "")
-    load_weights(model, weights, where, described)
-    return model.eval()

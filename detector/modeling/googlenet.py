@@ -8,23 +8,16 @@ class-specific box-regression layer (4*C deltas) is added, as in R-CNN / Fast R-
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import GoogLeNet, GoogLeNet_Weights, googlenet
+from torchvision.models import GoogLeNet, googlenet
 from torchvision.models.googlenet import BasicConv2d
 
-from detector.modeling.roi_pool import roi_align_matmul
 from detector.common.errors import UserError
-
-log = logging.getLogger(__name__)
+from detector.modeling.roi_pool import roi_align_matmul
 
 #: Input normalisation of torchvision's ImageNet GoogLeNet weights: they were trained with
 #: ``transform_input=True``, i.e. pixels in [0, 1] mapped to (x - 0.5) / 0.5.
@@ -243,72 +236,3 @@ def make_network(mode: str, num_classes: int, aux_classifiers: bool = True, drop
             raise UserError(f"model.roi_layer {roi_layer!r}: expected one of {', '.join(ROI_NETWORKS)}")
         return ROI_NETWORKS[roi_layer](num_classes, aux_classifiers, dropout, roi_layer)
     raise UserError(f"model.mode {mode!r}: expected crop or roi")
-
-
-def imagenet_weights() -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet GoogLeNet weights: from its cache ($TORCH_HOME/hub/checkpoints,
-    default ~/.cache/torch/hub/checkpoints), downloaded there when online."""
-    chatter = io.StringIO()  # torch.hub prints "Downloading ..." on stdout; shown only on success
-    try:
-        with contextlib.redirect_stdout(chatter):
-            state = GoogLeNet_Weights.IMAGENET1K_V1.get_state_dict(progress=False, weights_only=True)
-    except Exception as exc:  # offline, proxy, corrupt download
-        raise UserError(
-            f"cannot load torchvision's ImageNet GoogLeNet weights ({type(exc).__name__}): put "
-            "googlenet-1378be20.pth in ~/.cache/torch/hub/checkpoints/, or give a local copy as model.init=PATH"
-        ) from None
-    print(chatter.getvalue(), end="", file=sys.stderr)
-    return state
-
-
-def _imagenet_state_dict(init: str) -> dict[str, torch.Tensor]:
-    """torchvision GoogLeNet ImageNet weights: downloaded by torchvision, or a local .pth file."""
-    if init == "imagenet":
-        return imagenet_weights()
-    path = Path(init)
-    if not path.is_file():
-        raise UserError(f"model.init {init!r}: expected imagenet, random or a .pth file")
-    from detector.modeling.checkpoint import read_weights_file  # checkpoint.py builds models from this module
-
-    state = read_weights_file(path, "PyTorch weights file")
-    state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or "inception3a.branch1.conv.weight" not in state:
-        raise UserError(f"{path}: does not hold torchvision GoogLeNet weights")
-    return state
-
-
-#: torchvision GoogLeNet's classification layers, which detection replaces and never loads
-CLASSIFIER_PREFIXES = ("fc.", "aux1.fc2.", "aux2.fc2.")
-
-
-def load_imagenet_trunk(model: RegionClassifier, init: str) -> list[str]:
-    """Load classification weights (torchvision ImageNet ones, or ``rcnn pretrain``'s export)
-    into the trunk, log what was skipped, and return the trunk keys left at their fresh init.
-
-    The classification layers (fc, aux fc2: CLASSIFIER_PREFIXES) are never loaded: their
-    detection replacements start fresh, whatever the number of classes.
-    """
-    state = _imagenet_state_dict(init)
-    own = model.trunk.state_dict()
-    compatible = {k: v for k, v in state.items()
-                  if k in own and own[k].shape == v.shape and not k.startswith(CLASSIFIER_PREFIXES)}
-    result = model.trunk.load_state_dict(compatible, strict=False)
-    skipped = sorted(set(state) - set(compatible))
-    log.info("loaded %d classification tensors into the GoogLeNet trunk from %s", len(compatible), init)
-    if skipped:
-        log.info("not loaded (unexpected or replaced head): %s", ", ".join(skipped))
-    if result.missing_keys:
-        log.info("missing, freshly initialised: %s", ", ".join(result.missing_keys))
-    if len(compatible) < 100:
-        raise UserError(f"model.init {init}: only {len(compatible)} tensors match GoogLeNet; wrong file?")
-    return result.missing_keys
-
-
-def build_model(num_classes: int, init: str = "random", aux_classifiers: bool = True, dropout: float = 0.4,
-                mode: str = "crop", roi_layer: str = "4e") -> RegionClassifier:
-    """A region classifier (see make_network) for `num_classes` foreground classes, initialised
-    per `init`."""
-    model = make_network(mode, num_classes, aux_classifiers, dropout, roi_layer)
-    if init != "random":
-        load_imagenet_trunk(model, init)
-    return model

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from detector.common.precision import Precision
 from detector.modeling.googlenet import PIXEL_MEAN, PIXEL_STD
 
 
@@ -65,3 +66,12 @@ def roi_inputs(boxes: torch.Tensor, index: int, input_size: int, context_pad: in
     same context a `input_size` crop with `context_pad` would show, in the resized image's pixels."""
     dilated = dilate_for_context(boxes.float(), input_size, context_pad) * scale
     return torch.cat([dilated.new_full((len(boxes), 1), float(index)), dilated], dim=1)
+
+
+def normalise(images: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """uint8 [B, 3, S, S] -> float normalised like the detector's input ((x/255 - 0.5) / 0.5),
+    channels_last on CPU."""
+    mean = torch.tensor(PIXEL_MEAN, device=precision.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(PIXEL_STD, device=precision.device).view(1, 3, 1, 1) * 255
+    x = (images.to(precision.device, non_blocking=True).float() - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if precision.device.type == "cpu" else x

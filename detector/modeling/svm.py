@@ -16,23 +16,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import Ridge
 from sklearn.svm import LinearSVC
 from tqdm import tqdm
 
-from detector.modeling.googlenet import RegionClassifier
 from detector.common.precision import Precision, prepare_input
-from detector.modeling.regions import normalize_image, warp_regions
-from detector.data.boxes import box_iou, encode_deltas
+from detector.data.boxes import box_iou
 from detector.data.datasets import Dataset
 from detector.data.images import load_image
+from detector.modeling.box_regression import MIN_RIDGE_SAMPLES, REGRESSION_IOU, encode_deltas, fit_ridge
+from detector.modeling.googlenet import RegionClassifier
+from detector.modeling.regions import normalize_image, warp_regions
 
 log = logging.getLogger(__name__)
 
 FEATURE_NORM = 20.0  #: R-CNN's target mean feature norm
 HARD_MARGIN = -1.0  #: negatives scoring above this are hard (R-CNN)
 EASY_MARGIN = -1.2  #: cached negatives scoring below this are evicted (R-CNN)
-MIN_RIDGE_SAMPLES = 8  #: fewer IoU >= 0.6 samples than this: the class gets no box refinement
 
 
 @dataclass
@@ -108,7 +107,7 @@ def _sample_proposals(proposals: torch.Tensor, gt_boxes: torch.Tensor, count: in
     if len(proposals) == 0:
         return proposals
     best = box_iou(proposals, gt_boxes).max(1).values if len(gt_boxes) else proposals.new_zeros(len(proposals))
-    regressable = torch.nonzero(best >= 0.6).flatten().numpy()
+    regressable = torch.nonzero(best >= REGRESSION_IOU).flatten().numpy()
     others = rng.permutation(np.setdiff1d(np.arange(len(proposals)), regressable))[:count]
     return proposals[torch.from_numpy(np.concatenate([regressable, others]).astype(np.int64))]
 
@@ -173,9 +172,8 @@ def train_svm_head(regions: RegionFeatures, num_classes: int, svm_c: float, neg_
         negative = (regions.class_iou[:, c] < neg_iou) & ~positive
         if positive.any() and negative.any():
             weights[c], bias[c] = train_class_svm(features, positive, negative, svm_c, rounds, rng)
-        regress = (regions.best_class == c) & (regions.best_iou >= 0.6)
+        regress = (regions.best_class == c) & (regions.best_iou >= REGRESSION_IOU)
         if regress.sum() >= MIN_RIDGE_SAMPLES:
-            ridge = Ridge(alpha=ridge_lambda).fit(features[regress], regions.target_deltas[regress])
-            ridge_w[c], ridge_b[c] = ridge.coef_, ridge.intercept_
+            ridge_w[c], ridge_b[c] = fit_ridge(features[regress], regions.target_deltas[regress], ridge_lambda)
     return SvmHead(torch.from_numpy(weights), torch.from_numpy(bias), torch.from_numpy(ridge_w),
                    torch.from_numpy(ridge_b), scale)

@@ -8,11 +8,9 @@ so an interrupted run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import functools
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -25,36 +23,39 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from detector.modeling.checkpoint import (check_classes, error_line, inference_weights, load_checkpoint, load_weights,
-                                 model_settings, require_keys, save_checkpoint)
-from detector.config import Config, TrainConfig, save_config
+from detector.common.atomic import check_writable, write_text
 from detector.common.csv_log import CsvLog
 from detector.common.distributed import DistContext, barrier, device_for, init_distributed, shutdown
-from detector.training.minibatches import RegionBatch, SamplingSettings, TrainBatches
-from detector.modeling.googlenet import RegionClassifier, RegionOutputs, build_model
-from detector.common.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
-from detector.training.pretrain import resolve_init
-from detector.modeling.svm import SvmHead, collect_features, train_svm_head
-from detector.common.atomic import atomic_path, check_writable, write_text
-from detector.data.datasets import Dataset, load_dataset
 from detector.common.errors import UserError
-from proposals.cache import cached_proposals, default_cache_dir
+from detector.common.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
 from detector.common.workers import loader_processes
+from detector.config import Config, save_config
+from detector.data.datasets import Dataset, load_dataset
+from detector.modeling.box_regression import box_regression_loss
+from detector.modeling.build import build_model
+from detector.modeling.checkpoint import (
+    check_classes,
+    error_line,
+    inference_weights,
+    load_checkpoint,
+    load_weights,
+    model_settings,
+    require_keys,
+    save_checkpoint,
+)
+from detector.modeling.googlenet import RegionClassifier, RegionOutputs
+from detector.modeling.svm import SvmHead, collect_features, train_svm_head
+from detector.training.curves import FINETUNE_CURVES, plot_log_curves
+from detector.training.minibatches import RegionBatch, SamplingSettings, TrainBatches
+from detector.training.pretrain import resolve_init
+from detector.training.schedules import finetune_lr_factor
+from proposals.cache import cached_proposals, default_cache_dir
 
 log = logging.getLogger(__name__)
 
 #: what a resumable checkpoint (checkpoints/last.pt) holds beyond the inference keys
 RESUME_KEYS = ("model", "classes", "optimizer", "scheduler", "rng", "iteration")
 LOG_FIELDS = ("iteration", "loss", "cls_loss", "box_loss", "aux_loss", "fg_accuracy", "lr", "regions_per_s")
-
-
-def lr_factor(train: TrainConfig, iteration: int) -> float:
-    """Multiplier of the base learning rate at `iteration`: linear warm-up, then step or cosine."""
-    if iteration < train.warmup_iterations:
-        return (iteration + 1) / train.warmup_iterations
-    if train.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * iteration / max(1, train.iterations)))
-    return train.lr_gamma ** sum(iteration >= step for step in train.lr_steps)
 
 
 BATCHNORM_MODES = ("train", "frozen")
@@ -83,11 +84,7 @@ def region_losses(outputs: RegionOutputs, batch: RegionBatch, aux_weight: float,
     labels = batch.labels.to(outputs.class_logits.device)
     cls_loss = F.cross_entropy(outputs.class_logits.float(), labels)
     aux_loss = sum((F.cross_entropy(a.float(), labels) for a in outputs.aux_logits), cls_loss.new_zeros(()))
-    mask = batch.box_mask.to(labels.device)
-    deltas = outputs.box_deltas.float().view(len(labels), -1, 4)
-    chosen = deltas[mask, labels[mask] - 1]
-    targets = batch.box_targets.to(labels.device)[mask]
-    box_loss = F.smooth_l1_loss(chosen, targets, beta=1.0, reduction="sum") / max(1, len(labels))
+    box_loss = box_regression_loss(outputs.box_deltas, labels, batch.box_mask, batch.box_targets)
     total = cls_loss + aux_weight * aux_loss + box_weight * box_loss
     fg = labels > 0
     accuracy = (outputs.class_logits.argmax(1)[fg] == labels[fg]).float().mean() if fg.any() else cls_loss.new_zeros(())
@@ -121,7 +118,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(train, i))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: finetune_lr_factor(train, i))
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
             if train.ema_decay > 0 else None
@@ -287,7 +284,7 @@ class Trainer:
             if state["ema"] is not None:
                 state["ema"] = inference_weights(state["ema"])
             save_checkpoint(final, state)
-            plot_training_curve(self.run_dir / "train_log.csv", self.run_dir / "train_curve.png")
+            plot_log_curves(self.run_dir / "train_log.csv", self.run_dir / "train_curve.png", FINETUNE_CURVES)
         return final
 
 
@@ -350,33 +347,6 @@ class _ProposalSource:
 
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def plot_training_curve(log_path: Path, png_path: Path) -> None:
-    """Loss terms and learning rate against iteration, from the CSV log."""
-    if not log_path.is_file():
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with log_path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return
-    its = [int(r["iteration"]) for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in ("loss", "cls_loss", "box_loss", "aux_loss"):
-        ax_loss.plot(its, [float(r[key]) for r in rows], label=key)
-    ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses")
-    ax_loss.legend()
-    ax_acc.plot(its, [float(r["fg_accuracy"]) for r in rows])
-    ax_acc.set(xlabel="iteration", ylabel="accuracy", title="foreground region accuracy", ylim=(0, 1))
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 def train(config: Config, resume: bool = False) -> Path:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.config import Config
 from detector.common.atomic import write_text
-from detector.data.datasets import Dataset, ImageRecord, load_dataset
 from detector.common.errors import UserError
+from detector.config import Config
+from detector.data.datasets import Dataset, ImageRecord, load_dataset
 
 TRIALS_PER_CHUNK = 64  #: candidate splits scored at once (memory: chunk x images booleans)
 

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from detector.common.errors import UserError
+from detector.data.boxes import hflip_boxes
+from detector.data.datasets import Dataset, ImageRecord
+from detector.data.images import load_image
 from detector.data.transforms import photometric_jitter
 from detector.modeling.regions import normalize_image, resize_for_roi, roi_inputs, warp_regions
 from detector.training.sampling import sample_regions
-from detector.data.boxes import hflip_boxes
-from detector.data.datasets import Dataset, ImageRecord
-from detector.common.errors import UserError
-from detector.data.images import load_image
 
 #: image path -> proposals float32 [P, 4] xyxy (pixels of the image file)
 ProposalFn = Callable[[Path], np.ndarray]

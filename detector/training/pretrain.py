@@ -19,36 +19,36 @@ config.yaml, and the export googlenet.pth + googlenet.json (classes, input size,
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
-from torchvision.models import GoogLeNet, googlenet
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from detector.data.transforms import CenterCrop, TrainAugment, read_rgb
-from detector.modeling.checkpoint import (error_line, load_checkpoint, load_weights, read_weights_file, require_keys,
-                                 save_checkpoint)
-from detector.config import Config, PretrainConfig, save_config
+from detector.common.atomic import atomic_path, check_writable, write_text
 from detector.common.csv_log import CsvLog
 from detector.common.distributed import DistContext, barrier, device_for, init_distributed, shutdown
-from detector.modeling.googlenet import PIXEL_MEAN, PIXEL_STD
-from detector.common.precision import Precision, flush_denormals, prepare_model, resolve_precision
-from detector.common.atomic import atomic_path, check_writable, write_text
 from detector.common.errors import UserError
+from detector.common.precision import Precision, flush_denormals, prepare_model, resolve_precision
+from detector.config import Config, PretrainConfig, save_config
+from detector.data.classification import ClassificationSamples, EpochBatches, make_loader, one_line
 from detector.data.imagefolder import ImageFolder, read_image_folder
-from detector.common.workers import loader_processes
+from detector.data.transforms import CenterCrop, TrainAugment
+from detector.modeling.build import build_classifier
+from detector.modeling.checkpoint import error_line, load_checkpoint, load_weights, require_keys, save_checkpoint
+from detector.modeling.googlenet import PIXEL_MEAN, PIXEL_STD
+from detector.modeling.regions import normalise
+from detector.training.curves import PRETRAIN_CURVES, plot_log_curves
+from detector.training.schedules import pretrain_lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -63,50 +63,6 @@ SCHEDULES = ("step", "cosine", "onecycle")
 # --------------------------------------------------------------------------- data
 
 
-class ClassificationSamples(Dataset):
-    """``samples[(epoch, index)] -> (image [3, S, S] uint8, label)``: the index-th image,
-    transformed with a generator seeded by (seed, epoch, index). A transform that returns K
-    crops [K, S, S, 3] gives [K, 3, S, S]."""
-
-    def __init__(self, folder: ImageFolder, transform: Callable[[np.ndarray, np.random.Generator], np.ndarray],
-                 seed: int) -> None:
-        self.folder = folder
-        self.transform = transform
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        epoch, index = key
-        path, label = self.folder.samples[index]
-        image = self.transform(read_rgb(path), np.random.default_rng([self.seed, epoch, index]))
-        return torch.from_numpy(image).movedim(-1, -3), label
-
-
-class EpochBatches:
-    """Batch sampler of one epoch: a permutation seeded by (seed, epoch), cut into global batches
-    of batch_size x world_size (the incomplete last one dropped); this rank takes its slice of
-    each, starting at batch `start`."""
-
-    def __init__(self, size: int, batch_size: int, epoch: int, seed: int, context: DistContext, start: int = 0,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
-        self.size, self.batch_size, self.epoch, self.seed = size, batch_size, epoch, seed
-        self.context, self.start, self.shuffle, self.drop_last = context, start, shuffle, drop_last
-
-    def __len__(self) -> int:
-        global_batch = self.batch_size * self.context.world_size
-        return (self.size if self.drop_last else self.size + global_batch - 1) // global_batch - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = (torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
-                 if self.shuffle else torch.arange(self.size))
-        global_batch = self.batch_size * self.context.world_size
-        for batch in range(self.start, self.start + len(self)):
-            first = batch * global_batch + self.context.rank * self.batch_size
-            yield [(self.epoch, int(i)) for i in order[first:first + self.batch_size]]
-
-
 def train_augment(settings: PretrainConfig) -> TrainAugment:
     """The training transform the `pretrain:` settings describe."""
     return TrainAugment(settings.input_size, settings.min_area, settings.max_area, settings.min_aspect,
@@ -114,49 +70,7 @@ def train_augment(settings: PretrainConfig) -> TrainAugment:
                         settings.brightness, settings.contrast, settings.saturation)
 
 
-def make_loader(samples: ClassificationSamples, batches, workers: int, seed: int) -> DataLoader:
-    """A DataLoader over `batches` that never touches the global RNG (dropout stays reproducible),
-    with one-core workers from a forkserver (:func:`detector.common.workers.loader_processes`)."""
-    return DataLoader(samples, batch_sampler=batches, prefetch_factor=4 if workers else None,
-                      generator=torch.Generator().manual_seed(seed), **loader_processes(workers, __name__))
-
-
-def normalise(images: torch.Tensor, precision: Precision) -> torch.Tensor:
-    """uint8 [B, 3, S, S] -> float normalised like the detector's input ((x/255 - 0.5) / 0.5),
-    channels_last on CPU."""
-    mean = torch.tensor(PIXEL_MEAN, device=precision.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(PIXEL_STD, device=precision.device).view(1, 3, 1, 1) * 255
-    x = (images.to(precision.device, non_blocking=True).float() - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if precision.device.type == "cpu" else x
-
-
-def one_line(exc: UserError) -> UserError:
-    """A UserError raised in a DataLoader worker arrives with the worker's traceback in its
-    message; keep the original message (its last line) only."""
-    last = str(exc).strip().splitlines()[-1]
-    return type(exc)(last.split(": ", 1)[1] if last.startswith(("detector.common.errors.", "UserError")) else last)
-
-
 # --------------------------------------------------------------------------- model and schedule
-
-
-def build_classifier(num_classes: int, dropout: float = 0.4) -> GoogLeNet:
-    """torchvision GoogLeNet with both auxiliary classifiers, randomly initialised, taking inputs
-    normalised as the detector's (transform_input=False)."""
-    return googlenet(weights=None, num_classes=num_classes, aux_logits=True, transform_input=False,
-                     init_weights=True, dropout=dropout, dropout_aux=0.7)
-
-
-def lr_factor(config: PretrainConfig, epoch: float) -> float:
-    """Multiplier of the peak learning rate at (fractional) `epoch`."""
-    warmup = config.warmup_epochs
-    if epoch < warmup:
-        return 1 / 25 + (1 - 1 / 25) * epoch / warmup
-    if config.schedule == "step":
-        return config.step_gamma ** math.floor(epoch / config.step_epochs)
-    progress = min(1.0, (epoch - warmup) / max(1e-9, config.epochs - warmup))
-    floor = 1e-4 if config.schedule == "onecycle" else 0.0
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class ModelEma:
@@ -308,7 +222,7 @@ class Pretrainer:
 
     def set_lr(self) -> float:
         epoch = self.epoch + self.step_in_epoch / self.steps_per_epoch
-        lr = self.settings.lr * lr_factor(self.settings, epoch)
+        lr = self.settings.lr * pretrain_lr_factor(self.settings, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -398,7 +312,7 @@ class Pretrainer:
         barrier(self.context)
         if not self.context.is_main:
             return self.run_dir / EXPORT_NAME
-        plot_pretrain_curve(self.run_dir / "pretrain_log.csv", self.run_dir / "pretrain_curve.png")
+        plot_log_curves(self.run_dir / "pretrain_log.csv", self.run_dir / "pretrain_curve.png", PRETRAIN_CURVES)
         return export_weights(self.ema.module, self.train_folder, settings, self.run_dir / EXPORT_NAME,
                               csv_log.last if csv_log else {})
 
@@ -425,60 +339,7 @@ def export_weights(model: nn.Module, folder: ImageFolder, settings: PretrainConf
     return path
 
 
-def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, metadata) of an exported classifier; UserError naming the file otherwise."""
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise UserError(f"{path}: classifier weights need the file and its metadata {meta_path.name} "
-                        "(written by rcnn pretrain)")
-    weights = read_weights_file(path, "classifier weights file")
-    try:
-        metadata = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{meta_path}: not readable JSON metadata ({error_line(exc)})") from None
-    if not isinstance(weights, dict) or not isinstance(metadata, dict) or "classes" not in metadata:
-        raise UserError(f"{path}: not classifier weights written by rcnn pretrain")
-    return weights, metadata
-
-
-def load_classifier(path: str | Path) -> tuple[GoogLeNet, dict]:
-    """(eval-mode GoogLeNet, metadata) from an export; UserError on a mismatch."""
-    weights, metadata = read_export(path)
-    model = build_classifier(len(metadata["classes"]))
-    load_weights(model, weights, str(path), f"GoogLeNet with {len(metadata['classes'])} classes")
-    return model.eval(), metadata
-
-
 # --------------------------------------------------------------------------- logs
-
-
-def plot_pretrain_curve(log_path: Path, png_path: Path) -> None:
-    """Train / val loss and val top-1 (raw and EMA) per epoch, from the CSV log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with log_path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key, label in (("train_loss", "train (augmented)"), ("val_loss", "val"), ("ema_val_loss", "val, EMA")):
-        ax_loss.plot(epochs, [float(r[key]) for r in rows], marker=".", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_loss.legend()
-    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("ema_top1", "val top-1, EMA"),
-                       ("ema_top5", "val top-5, EMA")):
-        ax_acc.plot(epochs, [100 * float(r[key]) for r in rows], marker=".", label=label)
-    ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy (center crop)", ylim=(0, 100))
-    ax_acc.legend()
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 def pretrain_folder(config: Config) -> Path:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from detector.data.boxes import box_iou, encode_deltas
+from detector.data.boxes import box_iou
+from detector.modeling.box_regression import REGRESSION_IOU, regression_targets
 
 
 @dataclass
@@ -43,7 +44,7 @@ def sample_regions(
     fg_fraction: float = 0.25,
     fg_iou: float = 0.5,
     bg_iou: tuple[float, float] = (0.1, 0.5),
-    bbox_iou: float = 0.6,
+    bbox_iou: float = REGRESSION_IOU,
 ) -> RegionTargets:
     """Sample up to `num_regions` regions of one image; `gt_labels` [G] are 0-based classes.
 
@@ -61,7 +62,5 @@ def sample_regions(
     labels = torch.zeros(len(keep), dtype=torch.long)
     labels[: len(fg)] = gt_labels[matched[: len(fg)]] + 1
     box_mask = (iou >= bbox_iou) & (labels > 0)
-    box_targets = torch.zeros((len(keep), 4))
-    if box_mask.any():
-        box_targets[box_mask] = encode_deltas(boxes[box_mask], gt_boxes.float()[matched[box_mask]])
+    box_targets = regression_targets(boxes, gt_boxes.float()[matched], box_mask)
     return RegionTargets(boxes, labels, box_targets, box_mask)

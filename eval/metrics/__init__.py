@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from detector.common.errors import UserError
 from detector.data.datasets import Dataset
 from eval.detections import Detections, ImageDetections
-from detector.common.errors import UserError
 from eval.metrics.coco import CocoEvaluator
 from eval.metrics.devkit import DevkitEvaluator
 from eval.metrics.result import EvalResult

@@ -13,30 +13,14 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.data.box_formats import xyxy_to_xywh
-from detector.data.datasets import Dataset
-from eval.detections import Detections, ImageDetections, check_detections, coco_ids, to_coco_results
 from detector.common.errors import UserError
+from detector.data.coco_json import coco_ids, ground_truth_json
+from detector.data.datasets import Dataset
+from eval.detections import Detections, ImageDetections, check_detections, to_coco_results
 from eval.metrics.result import EvalResult, count_by_class
 
 #: Names of COCOeval.stats, in order.
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def ground_truth_json(dataset: Dataset) -> dict:
-    """A COCO instances dict of `dataset`'s records (ids from eval.detections.coco_ids)."""
-    image_ids, category_ids = coco_ids(dataset)
-    images, annotations = [], []
-    for record, image_id in zip(dataset.records, image_ids):
-        images.append({"id": image_id, "width": record.width, "height": record.height})
-        xywh = xyxy_to_xywh(record.boxes)
-        for box, label, ignore in zip(xywh.tolist(), record.labels.tolist(), record.ignore.tolist()):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[label],
-                "bbox": box, "area": box[2] * box[3], "iscrowd": int(ignore),
-            })
-    categories = [{"id": cid, "name": name} for cid, name in zip(category_ids, dataset.classes)]
-    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _coco_from_dict(data: dict) -> COCO:

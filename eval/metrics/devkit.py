@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detector.common.errors import UserError
 from detector.data.box_formats import xyxy_to_voc
 from detector.data.datasets import Dataset, ImageRecord
 from eval.detections import ImageDetections, check_detections
-from detector.common.errors import UserError
 from eval.metrics.result import EvalResult, count_by_class, mean_ap
 
 VOC_IOU = 0.5  #: VOC: a true positive needs IoU strictly above this
