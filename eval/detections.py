@@ -114,8 +114,10 @@ def load_detections(
         raise UserError(f"{path}: detections file not found")
     try:
         dets, meta = _read_json(path) if path.suffix == ".json" else _read_npz(path)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, zipfile.BadZipFile) as exc:
         raise UserError(f"{path}: not a detections file written by save_detections ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not a detections file written by save_detections (nested too deeply)") from None
     if classes is not None and meta.get("classes") != list(classes):
         raise UserError(
             f"{path}: detections are for classes {_preview(meta.get('classes'))}, "

@@ -91,6 +91,27 @@ def test_broken_voc_sets_name_the_file(voc, breakage, message):
         load_dataset(voc_config(voc), "train")
 
 
+@pytest.mark.parametrize("tag, value, message", [
+    ("xmax", "inf", "<xmax> is NaN or infinite ('inf')"),
+    ("xmax", "1e400", "<xmax> is out of range"),
+    ("ymin", "nan", "<ymin> is NaN or infinite ('nan')"),
+    ("width", "inf", "<width> is NaN or infinite ('inf')"),
+    ("height", "-1e999", "<height> is out of range"),
+    ("xmin", "12 px", "<xmin> is not a number ('12 px')"),
+])
+def test_voc_numbers_that_are_no_finite_numbers_exit_2_with_one_line(voc, capsys, tag, value, message):
+    """`<xmax>inf</xmax>`, 1e400 and `<width>inf</width>` raised OverflowError in _xml_int."""
+    from detector.cli import main
+
+    path = voc / "Annotations" / "train_0001.xml"
+    tree = ET.parse(path)
+    next(tree.getroot().iter(tag)).text = value
+    tree.write(path)
+    assert main(["data", "--config", "tiny", "--set", f"data.root={voc}", "--split", "train"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"train_0001.xml: {message}" in err[0], err
+
+
 def test_class_list_validation(tmp_path):
     with pytest.raises(UserError, match="exactly one"):
         load_dataset(DatasetConfig(root=str(tmp_path), classes=["a"], class_file="voc20"), "train")
@@ -149,6 +170,57 @@ def test_coco_bad_input(tmp_path):
     path.write_text("{not json")
     with pytest.raises(AnnotationError, match="instances_val.json: malformed JSON"):
         load_dataset(DatasetConfig(format="coco", root=str(tmp_path), classes=["dog"]), "val")
+
+
+def _broken_coco(tmp_path, change) -> DatasetConfig:
+    path = _coco_json(tmp_path)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes (and reads) them
+    return DatasetConfig(format="coco", root=str(tmp_path), classes=["dog", "cat"])
+
+
+def _set(data, where, key, value):
+    data[where[0]][where[1]][key] = value
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: _set(d, ("annotations", 0), "bbox", [10, float("nan"), 20, 30]),
+     "annotation 1 bbox: a number is NaN or infinite (nan)"),
+    (lambda d: _set(d, ("annotations", 0), "bbox", [10, 10, 10**400, 30]), "annotation 1 bbox: a number is out of range"),
+    (lambda d: _set(d, ("annotations", 0), "bbox", [3e38, 10, 3e38, 30]), "image 1: box 0 [3e+38, 10, inf, 40] is NaN, infinite or out of range after conversion"),
+    (lambda d: _set(d, ("annotations", 0), "bbox", "10 10 20 30"), "annotation 1: bbox must be [x, y, width, height]"),
+    (lambda d: _set(d, ("annotations", 0), "bbox", [10, "10", 20, 30]), "annotation 1 bbox: expected numbers"),
+    (lambda d: _set(d, ("annotations", 0), "area", float("inf")), "annotation 1: area is NaN or infinite"),
+    (lambda d: _set(d, ("annotations", 0), "category_id", "3"), "annotation 1 has category '3' outside"),
+    (lambda d: _set(d, ("images", 1), "height", float("nan")), "image 2: height is NaN or infinite (nan)"),
+    (lambda d: _set(d, ("images", 1), "width", 10**400), "image 2: width is out of range"),
+    (lambda d: _set(d, ("images", 1), "width", 0), "image 2: width 0 is not a positive number of pixels"),
+    (lambda d: _set(d, ("images", 1), "file_name", 7), "image 2: file_name must be text"),
+])
+def test_coco_numbers_are_checked_whatever_data_invalid_boxes_says(tmp_path, change, message):
+    """A NaN ground-truth box was kept (`<=` is false for NaN), so a perfect detection scored 0.0."""
+    config = _broken_coco(tmp_path, change)
+    for policy in ("clip", "error"):
+        config.invalid_boxes = policy
+        with pytest.raises(AnnotationError) as caught:
+            load_dataset(config, "val")
+        assert "instances_val.json" in str(caught.value) and message in str(caught.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}", "malformed JSON (nested too deeply)"),
+    ('{"images": [{"id": 1' + "0" * 5000 + "}]}", "malformed JSON"),
+])
+def test_hostile_coco_json_is_one_line(tmp_path, capsys, text, message):
+    from detector.cli import main
+
+    path = _coco_json(tmp_path)
+    path.write_text(text)
+    assert main(["data", "--config", "tiny", "--set", "data.format=coco", "--set", f"data.root={tmp_path}",
+                 "--set", "data.classes=[dog]", "--split", "val"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "instances_val.json" in err[0], err
 
 
 @pytest.mark.shared

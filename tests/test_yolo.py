@@ -156,6 +156,8 @@ BAD_INPUTS = [
     (LABEL, "0 0.5 0.5 0.2 0.2 0.9 0.1\n", "val_0000.txt:1: expected 5 fields"),
     (LABEL, "\n\n1 0.5 abc 0.2 0.2\n", "val_0000.txt:3: expected numbers, got '1 0.5 abc 0.2 0.2'"),
     (LABEL, "1 0.5 nan 0.2 0.2\n", "val_0000.txt:1: a number is NaN or infinite"),
+    (LABEL, "1 0.5 0.5 1e39 0.2\n", "val_0000.txt:1: a number is out of range"),
+    (LABEL, "1 0.5 0.5 1e37 0.2\n", "val_0000.txt: box 0 [-8e+38"),  # in float32 range, not once in pixels
     ("data.yaml", "names: [a, b\n", "data.yaml:2: malformed YAML"),
     ("data.yaml", "- just\n- a list\n", "data.yaml: expected a mapping"),
     ("data.yaml", "val: val/images\nnc: 3\nnames: [square, disc]\n", "data.yaml: nc is 3 but names has 2 entries"),

@@ -22,6 +22,7 @@ import numpy as np
 
 from detector.common.errors import AnnotationError, UserError
 from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, yolo_to_xyxy
+from detector.data.checked import finite_boxes, number, numbers, shown
 from detector.data.images import image_size
 from detector.data.yolo import DataYaml, find_data_yaml, label_path, orphan_labels, read_data_yaml, read_labels
 
@@ -187,11 +188,12 @@ def _check_root(root: str, what: str) -> Path:
 
 
 def _xml_int(node: ET.Element, tag: str, xml_path: Path) -> int:
+    """The whole number in `tag` (rounded); AnnotationError when missing, not a number, NaN,
+    infinite or out of range (detector.data.checked)."""
     text = node.findtext(tag)
-    try:
-        return int(round(float(text)))
-    except (TypeError, ValueError):
-        raise AnnotationError(f"{xml_path}: <{tag}> is missing or not a number ({text!r})") from None
+    if text is None or not text.strip():
+        raise AnnotationError(f"{xml_path}: <{tag}> is missing or not a number ({text!r})")
+    return int(round(number(text, str(xml_path), f"<{tag}>", AnnotationError)))
 
 
 def _parse_xml_objects(xml_path: Path, class_index: dict[str, int], config: DatasetConfig):
@@ -232,7 +234,7 @@ def _xml_record(
         raise AnnotationError(f"{xml_path}: its image {image_path} does not exist")
     if width <= 0 or height <= 0:
         width, height = image_size(image_path)
-    xyxy = voc_to_xyxy(np.array(boxes, dtype=np.float32))
+    xyxy = finite_boxes(voc_to_xyxy(np.array(boxes, dtype=np.float64)), str(xml_path), AnnotationError)
     keep = _sanitize_boxes(xyxy, width, height, str(xml_path), config.invalid_boxes)
     return ImageRecord(
         image_id=image_id,
@@ -298,8 +300,10 @@ def _load_coco(path: Path):
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
             return COCO(str(path))
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an int of over 4300 digits
         raise AnnotationError(f"{path}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: malformed JSON (nested too deeply)") from None
     except (KeyError, TypeError, AssertionError) as exc:
         raise AnnotationError(f"{path}: not a COCO instances file ({exc!r})") from None
 
@@ -317,29 +321,30 @@ def read_coco(config: DatasetConfig, split: str) -> Dataset:
     label_of = {category_by_name[name]: i for i, name in enumerate(classes)}
     image_dir = root / config.coco_images.format(split=split)
     records = []
-    for image_id in sorted(coco.getImgIds()):
+    for image_id in _coco_image_ids(coco, annotation_file):
         info = coco.imgs[image_id]
+        where = f"{annotation_file} image {image_id}"
+        width, height = (_coco_side(info, key, where) for key in ("width", "height"))
+        if not isinstance(info.get("file_name"), str):
+            raise AnnotationError(f"{where}: file_name must be text, got {info.get('file_name')!r}"[:200])
         boxes, labels, ignore = [], [], []
         for ann in coco.imgToAnns.get(image_id, []):
-            if ann["category_id"] not in label_of:
-                if config.skip_unknown_classes:
-                    continue
-                raise AnnotationError(
-                    f"{annotation_file}: annotation {ann.get('id')} has category {ann['category_id']} "
-                    "outside the configured classes (set data.skip_unknown_classes=true to skip)"
-                )
-            boxes.append(ann["bbox"])
-            labels.append(label_of[ann["category_id"]])
+            label = _coco_label(ann, label_of, annotation_file, config.skip_unknown_classes)
+            if label is None:
+                continue
+            boxes.append(_coco_bbox(ann, f"{annotation_file} annotation {_shown_id(ann)}"))
+            labels.append(label)
             ignore.append(bool(ann.get("iscrowd", 0)))
-        xyxy = xywh_to_xyxy(np.array(boxes, dtype=np.float32))
-        where = f"{annotation_file} image {image_id}"
-        keep = _sanitize_boxes(xyxy, info["width"], info["height"], where, config.invalid_boxes)
+        with np.errstate(over="ignore"):  # x + w beyond float32: refused just below
+            xyxy = xywh_to_xyxy(np.array(boxes, dtype=np.float64).reshape(-1, 4))
+        xyxy = finite_boxes(xyxy, where, AnnotationError)
+        keep = _sanitize_boxes(xyxy, width, height, where, config.invalid_boxes)
         records.append(
             ImageRecord(
                 image_id=str(image_id),
                 path=image_dir / info["file_name"],
-                width=int(info["width"]),
-                height=int(info["height"]),
+                width=width,
+                height=height,
                 boxes=xyxy[keep],
                 labels=np.array(labels, dtype=np.int64).reshape(-1)[keep],
                 ignore=np.array(ignore, dtype=bool).reshape(-1)[keep],
@@ -355,6 +360,53 @@ def read_coco(config: DatasetConfig, split: str) -> Dataset:
         coco_category_ids=[category_by_name[name] for name in classes],
         annotation_file=annotation_file,
     )
+
+
+def _coco_image_ids(coco, annotation_file: Path) -> list[int]:
+    """The image ids of a COCO file, sorted; AnnotationError unless each is a whole number."""
+    ids = list(coco.getImgIds())
+    for image_id in ids:
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise AnnotationError(f"{annotation_file}: image id {shown(image_id)} is not a whole number")
+    return sorted(ids)
+
+
+def _shown_id(ann: dict) -> str:
+    return shown(ann.get("id")) if isinstance(ann, dict) else "?"
+
+
+def _coco_side(info: dict, key: str, where: str) -> int:
+    """An image's width or height: a finite positive number (rounded down, as before)."""
+    value = number(info.get(key), where, key, AnnotationError, text=False)
+    if value < 1:
+        raise AnnotationError(f"{where}: {key} {shown(info.get(key))} is not a positive number of pixels")
+    return int(value)
+
+
+def _coco_label(ann, label_of: dict[int, int], annotation_file: Path, skip_unknown: bool) -> int | None:
+    """The label of one annotation; None when its class is skipped (data.skip_unknown_classes)."""
+    if not isinstance(ann, dict):
+        raise AnnotationError(f"{annotation_file}: an annotation is not an object: {shown(ann)}")
+    category = ann.get("category_id")
+    if not isinstance(category, int) or isinstance(category, bool) or category not in label_of:
+        if skip_unknown and isinstance(category, int) and not isinstance(category, bool):
+            return None
+        raise AnnotationError(
+            f"{annotation_file}: annotation {_shown_id(ann)} has category {shown(category)} "
+            "outside the configured classes (set data.skip_unknown_classes=true to skip)"
+        )
+    return label_of[category]
+
+
+def _coco_bbox(ann: dict, where: str) -> list[float]:
+    """An annotation's [x, y, w, h], each a finite number (detector.data.checked); its area too
+    when given (COCOeval reads it to sort objects by size)."""
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise AnnotationError(f"{where}: bbox must be [x, y, width, height], got {shown(bbox)}")
+    if "area" in ann:
+        number(ann["area"], where, "area", AnnotationError, text=False)
+    return numbers(bbox, f"{where} bbox", AnnotationError, text=False)
 
 
 # --------------------------------------------------------------------------- ultralytics YOLO
@@ -403,7 +455,7 @@ def _yolo_record(image_id: str, image: Path, num_classes: int, config: DatasetCo
     if not image.is_file():
         raise AnnotationError(f"{image}: image file not found")
     width, height = image_size(image)
-    xyxy = yolo_to_xyxy(cxcywh, np.array([width, height] * 2)).astype(np.float32)
+    xyxy = finite_boxes(yolo_to_xyxy(cxcywh, np.array([width, height] * 2)), str(label_file), AnnotationError)
     keep = _sanitize_boxes(xyxy, width, height, str(label_file), config.invalid_boxes)
     return ImageRecord(image_id=image_id, path=image, width=width, height=height, boxes=xyxy[keep],
                        labels=labels[keep], ignore=np.zeros(int(keep.sum()), dtype=bool),

@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from detector.common.errors import UserError
+from detector.data import checked
 
 
 def lines(path: Path, layout: str, hint: str = "") -> Iterator[tuple[int, list[str]]]:
@@ -28,12 +29,11 @@ def lines(path: Path, layout: str, hint: str = "") -> Iterator[tuple[int, list[s
             yield number, fields
 
 
-def numbers(fields: list, where: str) -> list[float]:
-    """`fields` as floats; a UserError naming `where` when one is not a number."""
-    try:
-        return [float(field) for field in fields]
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: expected numbers, got {' '.join(map(str, fields))[:80]!r}") from None
+def numbers(fields: list, where: str, error: type[UserError] = UserError, text: bool = True) -> list[float]:
+    """`fields` as finite floats (:func:`detector.data.checked.numbers`, the one checked path); an
+    `error` naming `where` when one is not a number (text is one only where `text`), is NaN,
+    infinite or out of range."""
+    return checked.numbers(fields, where, error, text)
 
 
 def integer(field: str, where: str, name: str) -> int:

@@ -14,7 +14,6 @@ people see it (EXIF orientation applied). A missing or empty label file means no
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +158,7 @@ def read_labels(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     rows = []
     if path.is_file():
         for number, fields in lines(path, LABEL_LAYOUT):
-            values = numbers(fields, f"{path}:{number}")
-            if not all(map(math.isfinite, values)):
-                raise AnnotationError(f"{path}:{number}: a number is NaN or infinite")
+            values = numbers(fields, f"{path}:{number}", AnnotationError)
             if not values[0].is_integer() or not 0 <= values[0] < num_classes:
                 raise AnnotationError(f"{path}:{number}: class {fields[0]} is not in 0..{num_classes - 1}")
             rows.append(values)
