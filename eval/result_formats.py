@@ -35,9 +35,10 @@ from typing import Callable
 
 import numpy as np
 
-from detector.common.atomic import fresh_folder, write_text
+from detector.common.atomic import OutputFolder
 from detector.common.errors import UserError
 from detector.data.box_formats import voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_yolo, yolo_to_xyxy
+from detector.data.checked import bad_boxes
 from detector.data.coco_json import coco_ids, results_image_ids
 from detector.data.datasets import Dataset
 from detector.data.textfile import integer, lines, numbers, text_rows
@@ -127,8 +128,9 @@ class _Table:
         the boxes as written to xyxy pixels."""
         rows = np.frombuffer(self.rows, dtype=np.int64).reshape(-1, 4)
         values = np.frombuffer(self.values, dtype=np.float64).reshape(-1, 5)
-        boxes = to_xyxy(values[:, 1:], rows[:, 2])
-        self._refuse(rows, ~np.isfinite(values).all(axis=1), "a number is NaN or infinite")
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+            boxes = to_xyxy(values[:, 1:], rows[:, 2])
+        self._refuse(rows, bad_boxes(boxes), "a box is out of range once converted to pixels")
         self._refuse(rows, (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
                      "inverted box (its right or bottom edge before its left or top)")
         return _group(dataset, rows[:, 2], rows[:, 3], values[:, 0], boxes)
@@ -277,7 +279,7 @@ def _read_coco(spec: str, dataset: Dataset) -> Detections:
         image = _lookup(images, entry["image_id"], where, f"image_id {entry['image_id']!r} is not in {dataset.name}")
         label = _lookup(categories, entry["category_id"], where, f"category_id {entry['category_id']!r} is unknown "
                         f"(expected {min(categories)}..{max(categories)})")
-        table.add(k, image, label, numbers([entry["score"], *bbox], where))
+        table.add(k, image, label, numbers([entry["score"], *bbox], where, text=False))
     return table.detections(dataset, lambda boxes, image: xywh_to_xyxy(boxes))
 
 
@@ -286,8 +288,10 @@ def _json_list(path: Path) -> list:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an int of over 4300 digits
         raise UserError(f"{path}: malformed JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed JSON (nested too deeply)") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: a COCO results file is a JSON list of detections, this is a {type(data).__name__}")
     return data
@@ -310,10 +314,52 @@ def save_results(folder: str | Path, format: str, dets: Detections, dataset: Dat
     """Write `dets` (checked detections of `dataset`'s images) under `folder` in `format`; the files
     written. coco: ``detections_<split>_rcnn_results.json``; voc: ``results/<set>/Main/
     comp4_det_<split>_<class>.txt`` for every class; ilsvrc: ``ilsvrc_<split>_results.txt``; yolo:
-    ``labels/<image file stem>.txt`` for every image with detections. Folders are replaced whole.
+    ``labels/<image file stem>.txt`` for every image with detections.
+
+    `folder` is an :class:`~detector.common.atomic.OutputFolder`: a file there that this project
+    did not write is never overwritten, and the ``Main`` and ``labels`` folders, written whole (the
+    project's files of an earlier call that this one does not write are removed), must hold only
+    the project's files; either is a UserError naming the file, before anything is written.
+    Image ids that `format` cannot write so that they read back (whitespace in VOC lines) are a
+    UserError too.
     """
     check_formats([format], "results format")
-    return _WRITERS[format](Path(folder), dets, dataset)
+    check_image_ids(format, [r.image_id for r in dataset.records], dataset.name)
+    return _WRITERS[format](OutputFolder(folder), dets, dataset)
+
+
+def check_image_ids(format: str, image_ids: list[str], where: str) -> None:
+    """UserError when a results file of `format` cannot name the images `image_ids` so that
+    they read back: VOC lines are whitespace-separated, so an id holding whitespace (or an empty
+    one) would shift the fields of its lines."""
+    if format != "voc":
+        return
+    for image_id in image_ids:
+        if image_id.split() != [image_id]:
+            raise UserError(f"{where}: image id {image_id!r} is empty or holds whitespace, which VOC result lines "
+                            f"'{VOC_LAYOUT}' cannot hold; rename the image, or save another format "
+                            "(coco, ilsvrc, yolo)")
+
+
+def planned_files(format: str, dataset_name: str) -> tuple[list[str], list[str]]:
+    """(files, folders written whole) that save_results writes in `format` for the Dataset named
+    `dataset_name` (``<set>/<split>``), relative to the output folder."""
+    set_name, split = dataset_name.split("/")[0], dataset_name.rsplit("/", 1)[-1]
+    return {"coco": ([f"detections_{split}_rcnn_results.json"], []),
+            "voc": ([], [f"results/{set_name}/Main"]),
+            "ilsvrc": ([f"ilsvrc_{split}_results.txt"], []),
+            "yolo": ([], ["labels"])}[format]
+
+
+def check_results_folder(folder: str | Path, formats: list[str], dataset_name: str) -> None:
+    """UserError now when save_results(folder, format, ...) would later refuse to write
+    (files or folders there that the project did not write), so that long work does not end in it."""
+    output = OutputFolder(folder)
+    for format in formats:
+        files, folders = planned_files(format, dataset_name)
+        output.refuse_foreign(files)
+        for sub in folders:
+            output.refuse_foreign_entries(sub)
 
 
 def _flatten(dets: Detections, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -326,44 +372,40 @@ def _flatten(dets: Detections, dataset: Dataset) -> tuple[np.ndarray, np.ndarray
     return image, boxes, scores, labels
 
 
-def _write_coco(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
-    path = folder / f"detections_{split_of(dataset)}_rcnn_results.json"
+def _write_coco(folder: OutputFolder, dets: Detections, dataset: Dataset) -> list[Path]:
+    (name,), _ = planned_files("coco", dataset.name)
     ordered = {r.image_id: dets[r.image_id] for r in dataset.records if r.image_id in dets}
-    write_text(path, json.dumps(to_coco_results(ordered, dataset, results_image_ids(dataset))))
-    return [path]
+    return [folder.write_text(name, json.dumps(to_coco_results(ordered, dataset, results_image_ids(dataset))))]
 
 
-def _write_voc(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
+def _write_voc(folder: OutputFolder, dets: Detections, dataset: Dataset) -> list[Path]:
     image, boxes, scores, labels = _flatten(dets, dataset)
     ids = np.array([r.image_id for r in dataset.records])[image]
     rows = np.array(text_rows(ids, scores, *xyxy_to_voc(boxes).T), dtype=object)
-    target = folder / "results" / dataset.name.split("/")[0] / "Main"
+    _, (target,) = planned_files("voc", dataset.name)
     names = [f"comp4_det_{split_of(dataset)}_{name}.txt" for name in dataset.classes]
-    with fresh_folder(target) as tmp:
-        for label, name in enumerate(names):
-            (tmp / name).write_text("".join(f"{row}\n" for row in rows[labels == label]), encoding="utf-8")
-    return [target / name for name in names]
+    return folder.write_set(target, {name: "".join(f"{row}\n" for row in rows[labels == label])
+                                     for label, name in enumerate(names)})
 
 
-def _write_ilsvrc(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
+def _write_ilsvrc(folder: OutputFolder, dets: Detections, dataset: Dataset) -> list[Path]:
     image, boxes, scores, labels = _flatten(dets, dataset)
     index = np.array(ilsvrc_indices(dataset), dtype=np.int64)[image]
-    path = folder / f"ilsvrc_{split_of(dataset)}_results.txt"
-    write_text(path, "".join(f"{row}\n" for row in text_rows(index, labels + 1, scores, *xyxy_to_voc(boxes).T)))
-    return [path]
+    (name,), _ = planned_files("ilsvrc", dataset.name)
+    return [folder.write_text(name, "".join(f"{row}\n" for row in text_rows(index, labels + 1, scores,
+                                                                           *xyxy_to_voc(boxes).T)))]
 
 
-def _write_yolo(folder: Path, dets: Detections, dataset: Dataset) -> list[Path]:
+def _write_yolo(folder: OutputFolder, dets: Detections, dataset: Dataset) -> list[Path]:
     image, boxes, scores, labels = _flatten(dets, dataset)
     rows = text_rows(labels, *xyxy_to_yolo(boxes, _sizes(dataset)[image]).T, scores)
     _unique([record.path.stem for record in dataset.records], dataset, "file name")
     present, starts = np.unique(image, return_index=True)  # image is in record order
     stems = [dataset.records[i].path.stem for i in present.tolist()]
-    target = folder / "labels"
-    with fresh_folder(target) as tmp:
-        for stem, start, end in zip(stems, starts.tolist(), [*starts[1:].tolist(), len(rows)]):
-            (tmp / f"{stem}.txt").write_text("".join(f"{row}\n" for row in rows[start:end]), encoding="utf-8")
-    return [target / f"{stem}.txt" for stem in stems]
+    _, (target,) = planned_files("yolo", dataset.name)
+    return folder.write_set(target, {f"{stem}.txt": "".join(f"{row}\n" for row in rows[start:end])
+                                     for stem, start, end in zip(stems, starts.tolist(),
+                                                                 [*starts[1:].tolist(), len(rows)])})
 
 
 _WRITERS = {"coco": _write_coco, "voc": _write_voc, "ilsvrc": _write_ilsvrc, "yolo": _write_yolo}

@@ -133,6 +133,40 @@ def test_ilsvrc_image_index_is_the_split_lists_index(tmp_path):
     assert [r.list_index for r in load_dataset(config, "val_plain").records] == [1, 2]  # no index column: the line
 
 
+NAMES = ("my photo", "ünïcødé", "日本 語", "tab\there", "plain")
+
+
+@pytest.mark.parametrize("format", SAVE_FORMATS)
+def test_names_with_spaces_and_non_ascii_read_back_or_are_refused(tmp_path, format):
+    """Issue 26 item 4: VOC lines wrote 'my photo' verbatim, which no reader can split."""
+    dataset = Dataset("v/test", ["a", "b"], ["a", "b"], [_record(name) for name in NAMES])
+    dets = {name: ImageDetections([[i, 2, 30 + i, 40]], [0.5 + i / 10], [i % 2]) for i, name in enumerate(NAMES)}
+    if format == "voc":
+        with pytest.raises(UserError, match=r"image id 'my photo' is empty or holds whitespace, which VOC result "
+                                             r"lines .* cannot hold"):
+            save_results(tmp_path, format, dets, dataset)
+        assert not (tmp_path / "results").exists()
+        names = [name for name in NAMES if name.split() == [name]]  # non-ASCII without whitespace reads back
+        dataset.records = [_record(name) for name in names]
+        dets = {name: dets[name] for name in names}
+    files = save_results(tmp_path, format, dets, dataset)
+    back = read_results(location(files, format), dataset)
+    assert list(back) == list(dets)
+    for name, det in dets.items():
+        assert back[name].labels.tolist() == det.labels.tolist() and back[name].scores.tolist() == det.scores.tolist()
+        np.testing.assert_allclose(back[name].boxes, det.boxes, atol=1e-4)
+
+
+def test_detect_refuses_voc_results_for_a_name_with_a_space(tiny_voc, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(tiny_voc / "JPEGImages" / "test_0000.jpg", images / "my photo.jpg")
+    assert detect_main([str(images), "--weights", str(tmp_path / "not-loaded.pt"), "--out", str(tmp_path / "out"),
+                        "--save-format", "yolo", "voc"]) == 2  # refused before the model is read
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--save-format voc: image id 'my photo' is empty or holds whitespace" in err[0]
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -159,6 +193,12 @@ GOOD_VOC = "test_0000 0.9 11 21 60 80\n"
     ("labels/test_0000.txt", "0 0.5 0.5 0.2 0.2 0.9\n7 0.5 0.5 0.2 0.2 0.9\n", r":2: class 7 is not in 0\.\.1"),
     ("labels/test_0000.txt", "0 0.5 0.5 -0.2 0.2 0.9\n", r":1: inverted box"),
     ("labels/cat.txt", "0 0.5 0.5 0.2 0.2 0.9\n", r": image 'cat' is not in"),
+    ("comp4_det_test_square.txt", "test_0001 0.5 11 21 1e400 80\n", r":1: a number is out of range"),
+    ("comp4_det_test_square.txt", "test_0001 0.5 -inf 21 8 80\n", r":1: a number is NaN or infinite \('-inf'\)"),
+    ("ilsvrc.txt", "1 1 0.9 11 21 1e39 80\n", r":1: a number is out of range"),
+    ("ilsvrc.txt", "1 1 nan 11 21 60 80\n", r":1: a number is NaN or infinite"),
+    ("labels/test_0000.txt", "0 0.5 0.5 0.2 1e300 0.9\n", r":1: a number is out of range"),
+    ("labels/test_0000.txt", "0 0.5 0.5 0.2 1e37 0.9\n", r":1: a box is out of range once converted to pixels"),
 ])
 def test_bad_text_lines_name_the_file_and_line(dataset, tmp_path, name, text, message):
     path = _write(tmp_path / name, text)
@@ -174,12 +214,42 @@ def test_bad_text_lines_name_the_file_and_line(dataset, tmp_path, name, text, me
     ({"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, 3], "score": 0.5}, r"results\[1\]: bbox must be"),
     ({"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, -3, 4], "score": 0.5}, r"results\[1\]: inverted box"),
     ({"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, 3, 4], "score": None}, r"results\[1\]: expected numbers"),
+    ({"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, 10**400, 4], "score": 0.5},
+     r"results\[1\]: a number is out of range"),
+    ({"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, 3, 4], "score": float("nan")},
+     r"results\[1\]: a number is NaN or infinite \(nan\)"),
+    ({"image_id": "test_0000", "category_id": 1, "bbox": [3e38, 2, 3e38, 4], "score": 0.5},
+     r"results\[1\]: a box is out of range once converted"),
+    ({"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, "3", True], "score": 0.5},
+     r"results\[1\]: expected numbers"),
+    ({"image_id": ["test_0000"], "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5},
+     r"results\[1\]: image_id \['test_0000'\] is not in"),
 ])
 def test_bad_coco_entries_name_the_file_and_entry(dataset, tmp_path, entry, message):
     good = {"image_id": "test_0001", "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.5}
     path = _write(tmp_path / "results.json", json.dumps([good, entry]))
     with pytest.raises(UserError, match=re.escape(str(path)) + ": " + message):
         read_results(path, dataset)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, r"malformed JSON \(nested too deeply\)"),
+    ('[{"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1' + "0" * 5000 + "}]",
+     r"malformed JSON \(Exceeds the limit|results\[0\]: a number is out of range"),  # the latter before 3.10.7
+    ('[{"image_id": "test_0000", "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1' + "0" * 400 + "}]",
+     r"results\[0\]: a number is out of range"),
+])
+def test_hostile_coco_results_are_one_line(dataset, tmp_path, eval_args, text, message, capsys):
+    path = _write(tmp_path / "results.json", text)
+    assert main([*eval_args, "--detections", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(re.escape(f"{path}: ") + f"({message})", err[0]), err
+
+
+def test_a_detections_json_nested_too_deeply_is_one_line(dataset, tmp_path):
+    path = _write(tmp_path / "own.json", '{"meta": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(UserError, match="not a detections file written by save_detections"):
+        read_results(path, dataset, "rcnn")
 
 
 def test_voc_files_of_another_split_or_class_are_refused(dataset, tmp_path):

@@ -28,16 +28,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from detector.common.atomic import atomic_path, check_writable, write_text
+from detector.common.atomic import OutputFolder, atomic_path, check_writable, write_text
+from detector.common.distributed import gathered, own_share, process_group
 from detector.common.errors import UserError
 from detector.config import Config, apply_overrides
 from detector.data.coco_json import results_image_ids
 from detector.data.datasets import Dataset, ImageRecord
 from detector.data.images import IMAGE_SUFFIXES, list_images
 from eval.detections import ImageDetections, to_coco_results
-from eval.result_formats import SAVE_FORMATS, save_results
+from eval.result_formats import SAVE_FORMATS, check_image_ids, check_results_folder, planned_files, save_results
 
 DISPLAY_THRESHOLD = 0.25  #: default --score-threshold (ultralytics' conf)
+DETECT_SPLIT = "detect/test"  #: the Dataset.name of the images detected, in --save-format files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,29 +120,77 @@ def result_json(path: Path, result, image_shape) -> dict:
     }
 
 
+def output_names(path: Path) -> list[str]:
+    """The files `detect --out` writes for input `path`: its drawn image and its result file."""
+    return [f"{path.stem}.jpg", f"{path.stem}.json"]
+
+
 def _write_outputs(out: Path, path: Path, image, shown, payload: dict, show: bool) -> None:
-    """The drawn image (the `shown` detections) and the result file (`payload`, every detection)."""
+    """The drawn image (the `shown` detections) and the result file (`payload`, every detection),
+    named by output_names and claimed by check_outputs."""
     from eval.draw import draw_detections
 
     drawn = draw_detections(image, shown.boxes, shown.scores, shown.labels, shown.names)
-    with atomic_path(out / f"{path.stem}.jpg") as tmp:
+    image_name, json_name = output_names(path)
+    with atomic_path(out / image_name) as tmp:
         drawn.save(tmp, format="JPEG", quality=92)
-    write_text(out / f"{path.stem}.json", json.dumps(payload, indent=1))
+    write_text(out / json_name, json.dumps(payload, indent=1))
     if show:
         drawn.show()
 
 
 def check_result_files(formats: list[str], coco_json: str | None, out: Path | None, paths: list[Path]) -> None:
-    """UserError when result files (--save-format, --coco-json) cannot name every image apart, or
-    --save-format has no --out to write to."""
+    """UserError when the output files cannot name every image apart (two inputs with one file
+    stem: the drawn images and JSON files of --out, --save-format, --coco-json), --save-format has
+    no --out to write to, or a format cannot write an image's name (whitespace in VOC lines)."""
     if formats and out is None:
         raise UserError("--save-format writes into the --out folder: give --out DIR")
-    if not formats and not coco_json:
+    if not formats and not coco_json and out is None:
         return
-    (stem, count), = collections.Counter(p.stem for p in paths).most_common(1)
-    if count > 1:
-        option = "--save-format" if formats else "--coco-json"
-        raise UserError(f"{option}: {count} inputs are named {stem!r}; result files name images by file name")
+    stems = collections.defaultdict(list)
+    for path in paths:
+        stems[path.stem].append(path)
+    clash = next((same for same in stems.values() if len(same) > 1), None)
+    if clash is not None:
+        option = "--save-format" if formats else "--coco-json" if coco_json else "--out"
+        raise UserError(f"{option}: {len(clash)} inputs are named {clash[0].stem!r} ({clash[0]}, {clash[1]}); "
+                        "output files name images by file name without suffix, so they would overwrite each "
+                        "other: rename one, or detect them separately")
+    for format in formats:
+        check_image_ids(format, [path.stem for path in paths], f"--save-format {format}")
+
+
+def check_outputs(out: Path | None, paths: list[Path], formats: list[str], coco_json: str | None) -> None:
+    """Refuse (UserError naming the file) before any work when an output would overwrite an
+    input, or --out holds a file this project did not write where --out writes one (the drawn
+    images and JSON files, the --save-format files and folders); then claim --out's files.
+    --coco-json names its file exactly, so only an input there is refused."""
+    inputs = {_identity(path): path for path in paths}
+    targets = [Path(coco_json)] if coco_json else []
+    if out is not None:
+        targets += [out / name for path in paths for name in output_names(path)]
+        for format in formats:
+            files, folders = planned_files(format, DETECT_SPLIT)
+            targets += [out / name for name in files]
+            targets += [entry for folder in folders if (out / folder).is_dir() for entry in (out / folder).iterdir()]
+    for target in targets:
+        identity = _identity(target)
+        source = inputs.get(identity) if identity is not None else None
+        if source is not None:
+            raise UserError(f"{target}: is the input {source}; writing the outputs there would overwrite it "
+                            "(choose another --out / --coco-json)")
+    if out is not None:
+        check_results_folder(out, formats, DETECT_SPLIT)
+        OutputFolder(out).claim([name for path in paths for name in output_names(path)])
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, so that two names of one file compare equal."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def detected_split(detector, detected: list[tuple[int, Path, tuple, object]]) -> tuple[Dataset, dict]:
@@ -148,12 +198,12 @@ def detected_split(detector, detected: list[tuple[int, Path, tuple, object]]) ->
     and its detections: image ids the file stems, ILSVRC image_index the input's 1-based position."""
     records = [ImageRecord(path.stem, path, shape[1], shape[0], np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
                            np.zeros(0, bool), list_index=index + 1) for index, path, shape, _ in detected]
-    dataset = Dataset("detect/test", detector.classes, detector.display_names, records)
+    dataset = Dataset(DETECT_SPLIT, detector.classes, detector.display_names, records)
     return dataset, {path.stem: ImageDetections(r.boxes, r.scores, r.labels) for _, path, _, r in detected}
 
 
 def run(args: argparse.Namespace, config: Config | None) -> int:
-    from detector.inference.detector import Detector, proposed_images
+    from detector.inference.detector import Detector
 
     if args.max_detections < 1:
         raise UserError(f"--max-detections {args.max_detections}: expected at least 1")
@@ -161,14 +211,48 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
     display = DISPLAY_THRESHOLD if args.score_threshold is None else args.score_threshold
     paths = collect_images(args.inputs)
     out = Path(args.out) if args.out else None
+    check_result_files(args.save_format, args.coco_json, out, paths)
     if out is not None:
         check_writable(out)
-    check_result_files(args.save_format, args.coco_json, out, paths)
+    check_outputs(out, paths, args.save_format, args.coco_json)
     target = {"det200": "ilsvrc_det200", "voc": "voc20"}[args.classes]
     detector = Detector.from_weights(args.weights, config, imagenet_target=target)
+    with process_group() as context:
+        mine = own_share([path.stat().st_size for path in paths], context)  # under torchrun: this rank's share
+        detected, failures = _detect_each(args, detector, [(i, paths[i]) for i in mine], out, display)
+        parts = gathered((detected, failures), context, "detect")
+    if parts is None:  # torchrun rank > 0: rank 0 writes the result files
+        return 1 if failures else 0
+    failures = sum(count for _, count in parts)
+    if args.save_format or args.coco_json:
+        detected = sorted((entry for part, _ in parts for entry in part), key=lambda entry: entry[0])
+        write_result_files(args, detector, detected, out)
+    if failures:
+        print(f"{failures} of {len(paths)} input(s) could not be read", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def write_result_files(args: argparse.Namespace, detector, detected: list[tuple[int, Path, tuple, object]],
+                       out: Path | None) -> None:
+    """--save-format's files in `out` and --coco-json's file, of every image detected."""
+    dataset, dets = detected_split(detector, detected)
+    for format in args.save_format:
+        save_results(out, format, dets, dataset)
+    if args.coco_json:  # the entries --save-format coco writes
+        write_text(args.coco_json, json.dumps(to_coco_results(dets, dataset, results_image_ids(dataset))))
+
+
+def _detect_each(args: argparse.Namespace, detector, inputs: list[tuple[int, Path]], out: Path | None,
+                 display: float) -> tuple[list[tuple[int, Path, tuple, object]], int]:
+    """Detect, print and draw each (input index, path); returns what result files need, (index,
+    path, image shape, DetectionResult) per image read, and the number of unreadable inputs."""
+    from detector.inference.detector import proposed_images
+
     detected, failures = [], 0
-    with contextlib.closing(proposed_images(detector, paths)) as inputs:
-        for index, (path, ready) in enumerate(zip(tqdm(paths, desc="detect", disable=len(paths) < 2, file=sys.stderr), inputs)):
+    paths = [path for _, path in inputs]
+    with contextlib.closing(proposed_images(detector, paths)) as ready_images:
+        for (index, path), ready in zip(tqdm(inputs, desc="detect", disable=len(paths) < 2, file=sys.stderr),
+                                        ready_images):
             if isinstance(ready, UserError):
                 print(f"skipped: {ready}", file=sys.stderr)
                 failures += 1
@@ -183,12 +267,4 @@ def run(args: argparse.Namespace, config: Config | None) -> int:
                 _write_outputs(out, path, ready.image, shown, payload, args.show)
             if args.save_format or args.coco_json:
                 detected.append((index, path, ready.image.shape, result))
-    if args.save_format or args.coco_json:
-        dataset, dets = detected_split(detector, detected)
-        for format in args.save_format:
-            save_results(out, format, dets, dataset)
-        if args.coco_json:  # the entries --save-format coco writes
-            write_text(args.coco_json, json.dumps(to_coco_results(dets, dataset, results_image_ids(dataset))))
-    if failures:
-        print(f"{failures} of {len(paths)} input(s) could not be read", file=sys.stderr)
-    return 1 if failures else 0
+    return detected, failures
