@@ -98,7 +98,32 @@ def test_bad_weights_and_mismatched_ensembles_are_one_line_errors(folder, tmp_pa
 def test_weights_of_another_class_count_are_one_line(folder, tmp_path):
     weights = export(tmp_path / "w.pth", folder)
     metadata = json.loads(weights.with_suffix(".json").read_text())
-    metadata["classes"] = metadata["classes"][:2]
+    metadata["classes"], metadata["display_names"] = metadata["classes"][:2], metadata["display_names"][:2]
     weights.with_suffix(".json").write_text(json.dumps(metadata))
     with pytest.raises(UserError, match=r"w.pth: weights do not fit GoogLeNet with 2 classes: .*of another shape"):
         load_ensemble([weights], FP32)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("classes", 5, '"classes" must be a non-empty list of distinct class names, got 5'),
+    ("classes", [], '"classes" must be a non-empty list'),
+    ("classes", ["a", "a", "b"], '"classes" must be a non-empty list of distinct class names'),
+    ("classes", ["a", 7, "b"], '"classes" must be a non-empty list'),
+    ("display_names", "abc", '"display_names" must be a list of 3 names (one per class), got "abc"'),
+    ("display_names", ["a"], '"display_names" must be a list of 3 names'),
+    ("input_size", "224", '"input_size" must be a whole number of pixels in 16..2048, got "224"'),
+    ("input_size", 10**9, '"input_size" must be a whole number of pixels in 16..2048, got 1000000000'),
+    ("input_size", 0, '"input_size" must be a whole number'),
+    ("input_size", 1e400, '"input_size" must be a whole number'),
+])
+def test_malformed_export_metadata_is_one_line(folder, tmp_path, capsys, key, value, message):
+    """`"classes": 5` raised TypeError in len(); a string or huge input_size went on to the crops."""
+    weights = export(tmp_path / "w.pth", folder)
+    meta = weights.with_suffix(".json")
+    metadata = json.loads(meta.read_text())
+    metadata[key] = value
+    meta.write_text(json.dumps(metadata))
+    image = next((folder / "val").rglob("*.jpg"))
+    assert main(["classify", str(image), "--config", "tiny", "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{meta}: {message}" in err[0], err

@@ -142,7 +142,38 @@ def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError(f"{meta_path}: not readable JSON metadata ({error_line(exc)})") from None
     if not isinstance(weights, dict) or not isinstance(metadata, dict) or "classes" not in metadata:
         raise UserError(f"{path}: not classifier weights written by rcnn pretrain")
+    check_export_metadata(metadata, meta_path)
     return weights, metadata
+
+
+#: input sizes an export may name (its crops are input_size^2 pixels, up to 144 per image)
+EXPORT_INPUT_SIZES = (16, 2048)
+
+
+def check_export_metadata(metadata: dict, where: str | Path) -> None:
+    """UserError naming `where` unless the metadata's classes are a non-empty list of distinct
+    names, its display_names (when given) one name per class, and its input_size a whole number
+    of pixels in :data:`EXPORT_INPUT_SIZES`."""
+    classes = metadata.get("classes")
+    if not _names(classes) or len(set(classes)) != len(classes):
+        raise UserError(f"{where}: \"classes\" must be a non-empty list of distinct class names, "
+                        f"got {_shown(classes)}")
+    names = metadata.get("display_names", classes)
+    if not _names(names) or len(names) != len(classes):
+        raise UserError(f"{where}: \"display_names\" must be a list of {len(classes)} names (one per class), "
+                        f"got {_shown(names)}")
+    size, (low, high) = metadata.get("input_size"), EXPORT_INPUT_SIZES
+    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+        raise UserError(f"{where}: \"input_size\" must be a whole number of pixels in {low}..{high}, got {_shown(size)}")
+
+
+def _names(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(name, str) and name for name in value)
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def load_classifier(path: str | Path) -> tuple[GoogLeNet, dict]:
