@@ -166,6 +166,13 @@ class EvalConfig:
     #: also write detections as coco | voc | ilsvrc | yolo results: `rcnn run` into
     #: <run dir>/detections_<split>/, `rcnn eval` into its report folder
     save_formats: list[str] = field(default_factory=list)
+    #: error analysis in every report: TIDE breakdown, Hoiem false-positive types, galleries
+    analysis: bool = True
+    #: Hoiem's "similar" classes: group name -> class ids or names, e.g. {animals: [cat, dog, horse]};
+    #: two classes are similar when one group lists both
+    similar_classes: dict[str, list[str]] = field(default_factory=dict)
+    gallery_per_class: int = 12  #: gallery pictures per class of each kind (false positives, misses); 0: none
+    gallery_total: int = 1200  #: at most this many pictures in all (fewer per class when there are many classes)
 
 
 @dataclass
@@ -211,6 +218,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"config key {key}: expected a list, got {value!r}")
         (item_type,) = typing.get_args(tp)
         return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if tp is type(None):
         if value is None:
             return None

@@ -7,13 +7,19 @@ A report folder holds::
     report.md           mAP, extras, per-class AP table (best first), settings, timing
     report.html         the same, with ap_per_class.png and pr_curves_NN.png (20 classes a page)
 
-``compare_reports`` puts two such folders side by side as per-class AP deltas.
+With the detections at hand (write_reports' `analysis`), the error analysis joins them
+(:mod:`eval.analysis`): metrics.json's ``analysis``, its tables in report.md, errors.png,
+fp_types_NN.png and the galleries (gallery/, primary metric only) in report.html.
+
+``compare_reports`` puts two such folders side by side as per-class AP deltas (and the error
+breakdown's deltas when both have one).
 """
 from __future__ import annotations
 
 import html
 import json
 import math
+import time
 import zipfile
 from pathlib import Path
 
@@ -22,6 +28,9 @@ from matplotlib.figure import Figure
 
 from detector.common.atomic import atomic_path, write_text
 from detector.common.errors import UserError
+from eval.analysis import AnalysisInput, analyse
+from eval.analysis_report import GALLERY_STYLE, comparison_section, html_section, markdown_section, write_plots
+from eval.gallery import write_gallery
 from eval.metrics import EvalResult
 
 CLASSES_PER_PAGE = 20  #: PR curves per PNG (up to a 4 x 5 grid)
@@ -31,30 +40,54 @@ AP_PLOT = "ap_per_class.png"
 # --------------------------------------------------------------------------- writing
 
 
-def write_report(run_dir: str | Path, result: EvalResult, dataset_name: str, settings: dict, timing: dict) -> Path:
+def write_report(run_dir: str | Path, result: EvalResult, dataset_name: str, settings: dict, timing: dict,
+                 analysis: dict | None = None) -> Path:
     """Write the report files of `result` into `run_dir`; returns the report.md path.
 
-    `settings` (name -> value) and `timing` (stage -> seconds) are shown as given.
+    `settings` (name -> value) and `timing` (stage -> seconds) are shown as given; `analysis` is
+    the error analysis's summary (eval.analysis, with its gallery manifest), or None.
     """
     run_dir = Path(run_dir)
     summary = {"dataset": dataset_name, "settings": settings, "timing": timing, **result.to_dict()}
+    if analysis is not None:
+        summary["analysis"] = analysis
     write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str) + "\n")
     _save_curves(run_dir / "curves.npz", result)
     images = [plot_ap_bars(run_dir / AP_PLOT, result)] + plot_pr_curves(run_dir, result)
-    write_text(run_dir / "report.md", markdown_report(result, dataset_name, settings, timing))
-    write_text(run_dir / "report.html", html_report(result, dataset_name, settings, timing, images))
+    analysis_images = write_plots(run_dir, analysis) if analysis is not None else []
+    write_text(run_dir / "report.md", markdown_report(result, dataset_name, settings, timing, analysis))
+    write_text(run_dir / "report.html",
+               html_report(result, dataset_name, settings, timing, images, analysis, analysis_images))
     return run_dir / "report.md"
 
 
 def write_reports(run_dir: str | Path, results: list[EvalResult], dataset_name: str, settings: dict,
-                  timing: dict) -> Path:
+                  timing: dict, analysis: AnalysisInput | None = None) -> Path:
     """The report of the first (primary) result in `run_dir` and of each further one in
-    ``run_dir/<its metric>/``; returns the primary report.md path."""
+    ``run_dir/<its metric>/``; returns the primary report.md path. With `analysis` (and its
+    options enabled) each report gets the error analysis, the primary one its galleries too."""
     run_dir = Path(run_dir)
     for index, result in enumerate(results):
-        write_report(run_dir / result.metric if index else run_dir, result, dataset_name,
-                     {**settings, "metric": result.metric}, timing)
+        folder = run_dir / result.metric if index else run_dir
+        times = dict(timing)
+        summary = _analysis(folder, result.metric, analysis, times, galleries=index == 0)
+        write_report(folder, result, dataset_name, {**settings, "metric": result.metric}, times, summary)
     return run_dir / "report.md"
+
+
+def _analysis(folder: Path, metric: str, source: AnalysisInput | None, timing: dict, galleries: bool) -> dict | None:
+    """The error analysis summary of `metric` (galleries written into `folder`), timed into `timing`."""
+    if source is None or not source.options.enabled:
+        return None
+    start = time.perf_counter()
+    result = analyse(source.dets, source.dataset, metric, source.options)
+    timing["error analysis"] = time.perf_counter() - start
+    if galleries and source.options.gallery_per_class > 0:
+        start = time.perf_counter()
+        result.summary["gallery"] = write_gallery(folder, result, source.dets, source.dataset,
+                                                  source.options.gallery_per_class, source.options.gallery_total)
+        timing["gallery"] = time.perf_counter() - start
+    return result.summary
 
 
 def _save_curves(path: Path, result: EvalResult) -> None:
@@ -100,6 +133,16 @@ def load_report(path: str | Path) -> tuple[EvalResult, str, dict, dict]:
     return result, data.get("dataset", ""), data.get("settings", {}), data.get("timing", {})
 
 
+def load_analysis(path: str | Path) -> dict | None:
+    """The error analysis stored in a report folder's metrics.json (see find_report), or None."""
+    folder = find_report(path)
+    try:
+        analysis = json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("analysis")
+    except (ValueError, AttributeError) as exc:
+        raise UserError(f"{folder / 'metrics.json'}: not a metrics file written by write_report ({exc!r})") from None
+    return analysis if isinstance(analysis, dict) else None
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -130,8 +173,9 @@ def _class_rows(result: EvalResult) -> list[list[str]]:
 CLASS_HEADER = ["rank", "class", "id", "AP", "ground truth", "detections"]
 
 
-def markdown_report(result: EvalResult, dataset_name: str, settings: dict, timing: dict) -> str:
-    """The report as Markdown."""
+def markdown_report(result: EvalResult, dataset_name: str, settings: dict, timing: dict,
+                    analysis: dict | None = None) -> str:
+    """The report as Markdown (with the error analysis's tables when `analysis` is given)."""
     undefined = sum(math.isnan(v) for v in result.ap.values())
     lines = [f"# Evaluation: {dataset_name}", "",
              f"**mAP ({result.metric}): {_fmt(result.mAP)}** over {len(result.classes) - undefined} classes"
@@ -139,6 +183,8 @@ def markdown_report(result: EvalResult, dataset_name: str, settings: dict, timin
     if result.extras:
         lines += _table(list(result.extras), [[_fmt(v) for v in result.extras.values()]]) + [""]
     lines += ["## Per-class AP", ""] + _table(CLASS_HEADER, _class_rows(result)) + [""]
+    if analysis is not None:
+        lines += markdown_section(analysis)
     lines += ["## Settings", ""] + _table(["setting", "value"], [[k, str(v)] for k, v in settings.items()]) + [""]
     lines += ["## Timing", ""] + _table(["stage", "seconds"], [[k, f"{v:.3f}"] for k, v in timing.items()])
     return "\n".join(lines) + "\n"
@@ -151,19 +197,23 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def html_report(
-    result: EvalResult, dataset_name: str, settings: dict, timing: dict, images: list[str]
+    result: EvalResult, dataset_name: str, settings: dict, timing: dict, images: list[str],
+    analysis: dict | None = None, analysis_images: list[str] = (),
 ) -> str:
-    """The report as a self-contained HTML page referring to the PNGs `images` (relative names)."""
+    """The report as an HTML page referring to the PNGs `images` (relative names); with
+    `analysis`, its tables, plots `analysis_images` and gallery thumbnails too."""
     extras = _html_table(list(result.extras), [[_fmt(v) for v in result.extras.values()]]) if result.extras else ""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>Evaluation: {html.escape(dataset_name)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}</style></head><body>",
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}"
+        f"{GALLERY_STYLE}</style></head><body>",
         f"<h1>Evaluation: {html.escape(dataset_name)}</h1>",
         f"<p><b>mAP ({html.escape(result.metric)}): {_fmt(result.mAP)}</b></p>", extras,
         "<h2>Per-class AP</h2>", _html_table(CLASS_HEADER, _class_rows(result)),
         "<h2>Plots</h2>", *(f"<p><img src='{html.escape(name)}' alt='{html.escape(name)}'></p>" for name in images),
+        *(html_section(analysis, list(analysis_images)) if analysis is not None else []),
         "<h2>Settings</h2>", _html_table(["setting", "value"], [[k, str(v)] for k, v in settings.items()]),
         "<h2>Timing</h2>", _html_table(["stage", "seconds"], [[k, f"{v:.3f}"] for k, v in timing.items()]),
         "</body></html>",
@@ -244,6 +294,9 @@ def compare_reports(run_a: str | Path, run_b: str | Path, out: str | Path | None
         rows.append((ap_b - ap_a, [name, c, _fmt(ap_a), _fmt(ap_b), _delta(ap_a, ap_b)]))
     rows.sort(key=lambda row: (math.isnan(row[0]), -np.nan_to_num(row[0])))
     lines += _table(["class", "id", "AP A", "AP B", "B - A"], [row for _, row in rows])
+    analysis_a, analysis_b = load_analysis(folder_a), load_analysis(folder_b)
+    if analysis_a and analysis_b:
+        lines += [""] + comparison_section(analysis_a, analysis_b)[:-1]
     text = "\n".join(lines) + "\n"
     write_text(Path(out) if out else folder_b / "comparison.md", text)
     return text

@@ -13,6 +13,9 @@ The metric is the one the dataset's benchmark uses (eval.metric auto: VOC -> voc
 ilsvrc, COCO -> coco) unless --metric says otherwise. Writes report.md, report.html, metrics.json,
 plots and the resolved config.yaml into --out (default: <run dir>/eval/<split>), and the same
 for each of eval.extra_metrics into --out/<metric>/ (e.g. coco beside voc10: AP by object size).
+Each report has the error analysis (eval.analysis: false turns it off): the AP each error type
+costs (TIDE), the types of the top-ranked false positives (Hoiem) and, in report.html, galleries
+of each class's worst false positives and misses (--out/gallery/).
 
 examples:
   rcnn eval --config animals_voc --weights runs/animals_voc/model_final.pt
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from detector.config import Config, save_config
 from detector.data.datasets import Dataset, load_dataset
+from eval.analysis import AnalysisInput, AnalysisOptions
 from eval.detections import Detections, save_detections, validate_detections
 from eval.metrics import METRICS, resolve_metrics, score
 from eval.report import write_reports
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         "images with detections": len(dets), "detections": sum(len(d) for d in dets.values()),
         "detections file": str(args.detections),
     }
-    report = write_reports(out, results, dataset.name, settings, timing)
+    analysis = AnalysisInput(dets, dataset, AnalysisOptions.from_config(config.eval))
+    report = write_reports(out, results, dataset.name, settings, timing, analysis)
     for index, result in enumerate(results):
         where = report.parent / result.metric / "report.md" if index else report
         print(f"{dataset.name}: mAP ({result.metric}) {result.mAP:.4f} over {len(dataset.records)} images; report {where}")

@@ -1,7 +1,8 @@
 """Rebuild the evaluation report of a run, or compare two runs' per-class AP.
 
 RUN_DIR is a report folder (with metrics.json, as `rcnn eval` writes) or a run folder holding a
-single eval/<split>/. With RUN_B, prints and writes the per-class AP deltas (B - A).
+single eval/<split>/. With RUN_B, prints and writes the per-class AP deltas (B - A), and the
+error breakdown's (the AP each error type costs) when both reports have one.
 
 examples:
   rcnn report runs/voc2007/eval/test
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from eval.report import compare_reports, find_report, load_report, write_report
+from eval.report import compare_reports, find_report, load_analysis, load_report, write_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,6 @@ def run(args: argparse.Namespace, config: None) -> int:
         print(compare_reports(args.run_dir, args.run_b, args.out), end="")
         return 0
     folder = find_report(args.run_dir)
-    report = write_report(folder, *load_report(folder))
+    report = write_report(folder, *load_report(folder), analysis=load_analysis(folder))
     print(f"wrote {report} and {folder / 'report.html'}")
     return 0

@@ -28,7 +28,7 @@ Run folder::
     detections/<key>/                 per-image detection cache
     detections_<split>.npz            merged detections
     detections_<split>/               the same in each eval.save_formats (COCO, VOC, ILSVRC, YOLO results)
-    eval/<split>/                     report.md, report.html, metrics.json, curves.npz, plots, config.yaml
+    eval/<split>/                     report.md, report.html, metrics.json, curves.npz, plots, gallery/, config.yaml
     members/<member>/...              an ensemble's per-member detections and evaluations
 """
 from __future__ import annotations
@@ -60,9 +60,11 @@ from detector.experiment.run_folder import (
     logging_to,
     markdown_summary,
 )
+from eval.analysis import AnalysisInput, AnalysisOptions
+from eval.analysis_report import error_summary
 from eval.detections import save_detections
 from eval.metrics import resolve_metrics, score
-from eval.report import write_reports
+from eval.report import load_analysis, write_reports
 from eval.result_formats import check_formats, save_results
 from proposals.cache import default_cache_dir, parameter_key
 from proposals.extract import extract
@@ -342,7 +344,8 @@ class Pipeline:
     def evaluation(self, split: str, model: Model) -> Manifest:
         detect = self.detections(split, model)
         metrics = resolve_metrics(self.config.eval.metric, self.config.eval.extra_metrics, self.config.data.format)
-        key = content_key(metrics, detect.key, detect.outputs)
+        analysis = AnalysisOptions.from_config(self.config.eval)
+        key = content_key(metrics, detect.key, detect.outputs, analysis.key())
         relative = next(iter(detect.outputs))  # detections_<split>.npz; then any other formats
         return self._unit(self._unit_name("evaluate", split, model), "evaluate", key,
                           lambda: self._evaluate(split, model, metrics, self.folder.root / relative))
@@ -359,11 +362,13 @@ class Pipeline:
         save_config(self.config, out / "config.yaml")
         settings = {"config": self.config.name, "model": model.name, "split": split,
                     "weights": [str(w) for w in model.weights], "detections file": str(detections_file)}
-        report = write_reports(out, results, dataset.name, settings, {"evaluate": time.perf_counter() - start})
+        report = write_reports(out, results, dataset.name, settings, {"evaluate": time.perf_counter() - start},
+                               AnalysisInput(dets, dataset, AnalysisOptions.from_config(self.config.eval)))
         for result in results:
             log.info("%s %s: mAP (%s) %.4f", model.name, dataset.name, result.metric, result.mAP)
         return [out / "metrics.json", report], {"mAP": results[0].mAP, "metric": results[0].metric,
-                                                 "extra": {r.metric: r.mAP for r in results[1:]}}
+                                                 "extra": {r.metric: r.mAP for r in results[1:]},
+                                                 "errors": error_summary(load_analysis(out))}
 
     def report(self, evaluations: dict[str, Manifest]) -> Manifest:
         key = content_key({unit: m.outputs for unit, m in evaluations.items()})

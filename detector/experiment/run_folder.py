@@ -110,13 +110,28 @@ def markdown_summary(name: str, evaluations: dict[str, Manifest], manifests: dic
     for unit, manifest in evaluations.items():
         scores = {manifest.info["metric"]: manifest.info["mAP"], **manifest.info.get("extra", {})}
         lines += [f"| {unit.removeprefix('evaluate-')} | {metric} | {value:.4f} |" for metric, value in scores.items()]
+    lines += _error_table(evaluations)
     lines += ["", "| stage | key | seconds | facts |", "|---|---|---|---|"]
     for unit, manifest in manifests.items():
         info = dict(manifest["info"])
         seconds = info.pop("seconds", "")
-        facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("mAP", "metric", "extra"))
+        facts = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("mAP", "metric", "extra", "errors"))
         lines.append(f"| {unit} | {manifest['key']} | {seconds} | {facts} |")
     return "\n".join(lines) + "\n"
+
+
+def _error_table(evaluations: dict[str, Manifest]) -> list[str]:
+    """Markdown lines: the AP each error type costs (primary metric) per evaluation, if recorded."""
+    rows = {unit: m.info["errors"] for unit, m in evaluations.items() if m.info.get("errors")}
+    if not rows:
+        return []
+    types = list(next(iter(rows.values())))
+    lines = ["", "AP gained by fixing each error type (TIDE oracles; eval/<split>/report.md has the details):", "",
+             "| evaluation | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+    for unit, gains in rows.items():
+        cells = ["n/a" if gains.get(t) is None else f"+{gains[t]:.4f}" for t in types]
+        lines.append(f"| {unit.removeprefix('evaluate-')} | " + " | ".join(cells) + " |")
+    return lines
 
 
 @contextlib.contextmanager
