@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import textwrap
 
@@ -113,8 +114,16 @@ def guarded(function, args: argparse.Namespace) -> int:
         return 130
 
 
+def quiet_collective_errors() -> None:
+    """Under torchrun, a failed collective is reported in our one line: keep gloo's C++ error log
+    out of it (torch reads $TORCH_CPP_LOG_LEVEL when imported, so call this first)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+
+
 def detect_main(argv: list[str] | None = None) -> int:
     """``detect``: the single-image command, ``rcnn detect`` without the subcommand word."""
+    quiet_collective_errors()
     module = importlib.import_module("detector.commands.detect")
     parser = argparse.ArgumentParser(
         prog="detect", description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -128,6 +137,7 @@ def detect_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``rcnn``: the experiment command with subcommands."""
+    quiet_collective_errors()
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(chosen_command(argv)).parse_args(argv)
     return guarded(run_command, args)

@@ -114,6 +114,14 @@ def load_or_compute(image_path: Path, config: ProposalConfig, cache_dir: Path,
     return entry
 
 
+def store(image_path: Path, config: ProposalConfig, cache_dir: Path, boxes: np.ndarray, seconds: float) -> None:
+    """Put proposals computed elsewhere (another rank's search) into this cache, unless it has them."""
+    digest = file_digest(image_path)
+    path, key = cache_path(digest, config, cache_dir), _key_text(digest, config)
+    if _read(path, key) is None:
+        _write(path, key, CacheEntry(boxes=boxes, seconds=seconds, cached=False))
+
+
 def cached_proposals(image_path: Path, config: ProposalConfig, cache_dir: Path) -> np.ndarray:
     """Proposals float32 [N, 4] xyxy (pixels of the image file) from the cache, or computed and stored."""
     return load_or_compute(image_path, config, cache_dir).boxes

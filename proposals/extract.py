@@ -8,6 +8,7 @@ A failing image is logged and reported in its result; the other images go on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from concurrent.futures import as_completed
@@ -18,10 +19,11 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from detector.common.distributed import DistContext, gathered, own_share
 from detector.common.errors import UserError
 from detector.common.workers import one_core, worker_pool
 from detector.data.images import load_image
-from proposals.cache import load_or_compute
+from proposals.cache import load_or_compute, store
 from proposals.config import ProposalConfig, validate
 from proposals.search import propose_with_config
 
@@ -94,6 +96,32 @@ def _run(
                 yield index, future.result()
             except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
                 yield index, ImageResult(path=Path(paths[index]), error=f"{paths[index]}: worker failed ({exc!r})")
+
+
+def extract_everywhere(
+    paths: Sequence[Path], costs: Sequence[float], config: ProposalConfig, cache_dir: Path, context: DistContext, *,
+    workers: int = 1, keep_boxes: bool = False, progress: bool = True, description: str = "proposals",
+) -> list[ImageResult]:
+    """:func:`extract` over the ranks of a torchrun job: each rank searches its share of `paths`
+    (balanced by `costs`, e.g. image areas), then the boxes travel over the process group into
+    every rank's cache, so that training on any rank finds them. Every rank returns every result,
+    in `paths` order. Without torchrun: :func:`extract`."""
+    if not context.enabled:
+        return extract(paths, config, cache_dir, workers=workers, keep_boxes=keep_boxes, progress=progress,
+                       description=description)
+    mine = own_share(costs, context)
+    found = extract([paths[i] for i in mine], config, cache_dir, workers=workers, keep_boxes=True,
+                    progress=progress, description=f"{description} (rank {context.rank})")
+    results: list[ImageResult | None] = [None] * len(paths)
+    for part in gathered(list(zip(mine, found)), context, description, everywhere=True):
+        for index, result in part:
+            results[index] = result
+    for index in sorted(set(range(len(paths))) - set(mine)):
+        if not results[index].error:
+            store(paths[index], config, cache_dir, results[index].boxes, results[index].seconds)
+    if not keep_boxes:
+        results = [dataclasses.replace(r, boxes=None) for r in results]
+    return results
 
 
 class ProposedImage(NamedTuple):

@@ -30,6 +30,7 @@ import os
 import time
 from pathlib import Path
 
+from detector.common.distributed import DistContext, process_group, refuse_shard_under_torchrun
 from detector.config import Config, save_config
 from detector.data.datasets import Dataset, load_dataset
 from eval.analysis import AnalysisInput, AnalysisOptions
@@ -56,11 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only detect shard i (0-based) of n and stop; merge by running without --shard")
 
 
-def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset) -> Detections | None:
+def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset,
+                      context: DistContext) -> Detections | None:
     """The detections to score: those of --detections (checked against this split and class
-    list), or the model run over the split (None when only a shard was processed)."""
+    list), or the model run over the split (None when only a shard was processed, and on
+    torchrun ranks > 0, which detect their share for rank 0)."""
     if args.detections:
-        return read_results(args.detections, dataset, args.format)
+        return read_results(args.detections, dataset, args.format) if context.is_main else None
     from detector.common.workers import parse_shard
     from detector.inference.detector import Detector, resolve_weights
     from detector.inference.split_detection import detect_split, detection_key
@@ -70,7 +73,10 @@ def obtain_detections(args: argparse.Namespace, config: Config, dataset: Dataset
     detector = Detector.from_weights(weights, config)
     cache = config.run_dir / "detections" / detection_key(detector, weights)
     index, count = parse_shard(args.shard) if args.shard else (0, 1)
-    dets = detect_split(detector, dataset, cache, default_cache_dir(config), index, count)
+    refuse_shard_under_torchrun(count > 1)
+    dets = detect_split(detector, dataset, cache, default_cache_dir(config), index, count, context)
+    if dets is None:
+        return None
     if count > 1:
         print(f"shard {index}/{count}: {len(dets)} images detected into {cache}; "
               "run again without --shard to merge and evaluate")
@@ -90,7 +96,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     check_formats(formats, "eval.save_formats")
 
     start = time.perf_counter()
-    dets = obtain_detections(args, config, dataset)
+    with process_group() as context:
+        dets = obtain_detections(args, config, dataset, context)
     if dets is None:
         return 0
     validate_detections(dets, dataset, where=str(args.detections or "detections"))

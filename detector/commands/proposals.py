@@ -29,12 +29,13 @@ import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detector.common.atomic import write_text
+from detector.common.distributed import DistContext, process_group, refuse_shard_under_torchrun
 from detector.common.errors import UserError
 from detector.common.workers import default_workers, parse_shard, shard
 from detector.data.datasets import Dataset, ImageRecord, load_dataset
 from proposals.cache import default_cache_dir
-from proposals.config import BACKEND_PARAMS, PRESETS, validate
-from proposals.extract import ImageResult, extract
+from proposals.config import BACKEND_PARAMS, PRESETS, ProposalConfig, validate
+from proposals.extract import ImageResult, extract_everywhere
 from proposals.report import markdown_table, method_config, size_table, summarize, write_report
 
 
@@ -86,11 +87,21 @@ def _raise_on_failures(results: list[ImageResult], where: Path) -> None:
                         f"the others are in {where}")
 
 
-def _extract(args: argparse.Namespace, config: Any, dataset: Dataset, records: list[ImageRecord]) -> int:
+def _everywhere(args: argparse.Namespace, config: Any, records: list[ImageRecord], context: DistContext,
+                method: ProposalConfig, **options) -> list[ImageResult]:
+    """Proposals of `records` with `method` through the cache (each rank its share under torchrun)."""
+    return extract_everywhere([r.path for r in records], [r.width * r.height for r in records], method,
+                              default_cache_dir(config), context, workers=args.workers, **options)
+
+
+def _extract(args: argparse.Namespace, config: Any, dataset: Dataset, records: list[ImageRecord],
+             context: DistContext) -> int:
     cache_dir = default_cache_dir(config)
     start = time.perf_counter()
-    results = extract([r.path for r in records], config.proposals, cache_dir, workers=args.workers)
+    results = _everywhere(args, config, records, context, method=config.proposals)
     wall = time.perf_counter() - start
+    if not context.is_main:
+        return 0
     done = [r for r in results if not r.error]
     computed = [r for r in done if not r.cached]
     summary = {
@@ -111,17 +122,18 @@ def _extract(args: argparse.Namespace, config: Any, dataset: Dataset, records: l
     return 0
 
 
-def _report(args: argparse.Namespace, config: Any, dataset: Dataset, records: list[ImageRecord]) -> int:
+def _report(args: argparse.Namespace, config: Any, dataset: Dataset, records: list[ImageRecord],
+            context: DistContext) -> int:
     specs = [s.strip() for s in (args.methods or "").split(",") if s.strip()]
     specs = specs or [f"{config.proposals.method}:{config.proposals.preset}"]
-    cache_dir = default_cache_dir(config)
     summaries, all_results = [], []
     for spec in specs:
         method = method_config(spec, config.proposals)
-        results = extract([r.path for r in records], method, cache_dir, workers=args.workers,
-                          keep_boxes=True, description=spec)
+        results = _everywhere(args, config, records, context, method=method, keep_boxes=True, description=spec)
         summaries.append(summarize(spec, method, records, results))
         all_results += results
+    if not context.is_main:
+        return 0
     out_dir = Path(args.out) if args.out else config.run_dir / "proposal_report" / args.split
     write_report(summaries, out_dir, dataset.name)
     _save_config(config, out_dir)
@@ -146,5 +158,6 @@ def run(args: argparse.Namespace, config: Any) -> int:
     records = _selected_records(dataset, args)
     if not records:
         raise UserError(f"{dataset.name}: no images selected (shard {args.shard}, limit {args.limit})")
-    with logging_redirect_tqdm():
-        return (_report if args.report else _extract)(args, config, dataset, records)
+    refuse_shard_under_torchrun(bool(args.shard))
+    with logging_redirect_tqdm(), process_group() as context:
+        return (_report if args.report else _extract)(args, config, dataset, records, context)

@@ -6,9 +6,9 @@ training from its last checkpoint. Changing a setting re-runs the stages it affe
 after them. With `ensemble: [a, b, ...]` in the config (member configs or run folders) the members
 are trained (or reused) in their own run folders, and each member and the fused model are scored.
 
-Across machines: run `--stages proposals detect --shard i/n` on each (shared run folder or copied
-caches), training under `torchrun ... -m detector run --stages train`, then once without --shard
-to merge and finish.
+Across processes and machines: `torchrun ... -m detector run --config C` runs every stage with the
+images split over the ranks; where machines cannot reach each other, run `--stages proposals
+detect --shard i/n` on each (shared run folder or copied caches), then once without --shard.
 
 examples:
   rcnn run --config animals_voc

@@ -1,11 +1,36 @@
-"""torch.distributed set-up for ``torchrun``: gloo on CPU, nccl on GPU; rank 0 logs and saves."""
+"""torch.distributed for ``torchrun``: gloo on CPU, nccl on GPU (one GPU per rank, LOCAL_RANK).
+
+Training runs DDP; proposals, detection and evaluation split a split's images over the ranks
+(:func:`split_by_cost`, balanced by image area) and send their results over the process group
+(:func:`gathered`), so machines need no shared disk. A rank that dies or stops answering ends
+the others within the process-group timeout (``$RCNN_DIST_TIMEOUT_S``, default 1800 s) with one
+line naming it and the stage (:class:`RankFailure`); each rank's per-image caches make the rerun
+recompute only what was lost.
+"""
 from __future__ import annotations
 
+import contextlib
+import datetime
+import heapq
 import os
+import re
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+
+from detector.common.errors import UserError
+
+TIMEOUT_ENV = "RCNN_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
+HEARTBEAT_S = 1.0  #: each rank bumps its counter in the job's store this often, so the others can name a dead one
+
+
+class RankFailure(UserError):
+    """Another rank died or did not answer in time: the job stops (rerun to resume from the caches)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +50,18 @@ class DistContext:
         return self.world_size > 1
 
 
+def timeout() -> datetime.timedelta:
+    """How long a collective waits for the other ranks ($RCNN_DIST_TIMEOUT_S seconds)."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise UserError(f"${TIMEOUT_ENV} {text!r}: expected seconds") from None
+    if seconds <= 0:
+        raise UserError(f"${TIMEOUT_ENV} {text!r}: expected a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed() -> DistContext:
     """Join the process group described by torchrun's environment variables, if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -32,11 +69,32 @@ def init_distributed() -> DistContext:
         return DistContext()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timeout())
+        _start_heartbeat(dist.get_rank())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     return DistContext(dist.get_rank(), world_size, local_rank)
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[DistContext]:
+    """This process's DistContext while the body runs; a process group it had to create is
+    destroyed afterwards (one created by a caller is left to that caller)."""
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    context = init_distributed()
+    try:
+        yield context
+    finally:
+        if created:
+            shutdown(context)
+
+
+def refuse_shard_under_torchrun(sharded: bool) -> None:
+    """UserError for --shard under torchrun, whose ranks split the images themselves."""
+    if sharded and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--shard is for machines that cannot reach each other; under torchrun the ranks split "
+                        "the images themselves: drop --shard")
 
 
 def device_for(context: DistContext) -> torch.device:
@@ -51,3 +109,97 @@ def barrier(context: DistContext) -> None:
 def shutdown(context: DistContext) -> None:
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def split_by_cost(costs: Sequence[float], parts: int) -> list[list[int]]:
+    """Indices of `costs` dealt to `parts` workers so that their summed costs are close: the
+    costliest first, each to the least loaded (ties: the lower worker); each list ascending.
+    Deterministic, so a rerun gives every rank the images (and caches) it had."""
+    loads = [(0.0, part) for part in range(parts)]
+    shares: list[list[int]] = [[] for _ in range(parts)]
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, part = heapq.heappop(loads)
+        shares[part].append(index)
+        heapq.heappush(loads, (load + costs[index], part))
+    return [sorted(share) for share in shares]
+
+
+def own_share(costs: Sequence[float], context: DistContext) -> list[int]:
+    """The indices of `costs` this rank handles (all of them without torchrun)."""
+    return split_by_cost(costs, context.world_size)[context.rank] if context.enabled else list(range(len(costs)))
+
+
+def gathered(obj: Any, context: DistContext, stage: str, everywhere: bool = False) -> list[Any] | None:
+    """Every rank's picklable `obj`, in rank order: on rank 0 (None elsewhere), or on every rank
+    when `everywhere`. RankFailure naming the stage when another rank died or is stuck."""
+    if not context.enabled:
+        return [obj]
+    try:
+        _all_arrived(stage)
+        objects = [None] * context.world_size
+        if everywhere:
+            dist.all_gather_object(objects, obj)
+            return objects
+        dist.gather_object(obj, objects if context.is_main else None, dst=0)
+        return objects if context.is_main else None
+    except (RuntimeError, dist.DistError) as exc:
+        raise _failure(exc, context, stage) from None
+
+
+def broadcast(obj: Any, context: DistContext, stage: str) -> Any:
+    """Rank 0's picklable `obj` on every rank (RankFailure as for :func:`gathered`)."""
+    if not context.enabled:
+        return obj
+    try:
+        _all_arrived(stage)
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    except (RuntimeError, dist.DistError) as exc:
+        raise _failure(exc, context, stage) from None
+
+
+def _all_arrived(stage: str) -> None:
+    """Wait for every rank; on gloo a monitored barrier names the ranks that never come."""
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=timeout(), wait_all_ranks=True)
+    else:
+        dist.barrier()
+
+
+def _failure(exc: Exception, context: DistContext, stage: str) -> RankFailure:
+    """The one-line error of a failed collective: which rank, which stage, what to do."""
+    missing = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(exc))
+    ranks = [int(r) for r in re.findall(r"\d+", missing.group(1))] if missing else _silent_ranks(context)
+    if ranks:
+        what = f"rank {', '.join(map(str, ranks))} died or did not answer within {timeout().total_seconds():g} s"
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = re.sub(r"^\[[^\]]*\]:?\s*", "", first)  # gloo's "[file:line]" prefix
+        what = f"the process group failed ({first})"
+    return RankFailure(f"rank {context.rank}: {stage}: {what}; rerun to resume from the caches")
+
+
+def _start_heartbeat(rank: int) -> None:
+    """Bump this rank's counter in the job's store every HEARTBEAT_S seconds, from a daemon thread."""
+    store = dist.distributed_c10d._get_default_store()
+
+    def beat() -> None:
+        with contextlib.suppress(Exception):  # the store's host is gone: the job is ending anyway
+            while True:
+                store.add(f"rcnn/heartbeat/{rank}", 1)
+                time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name=f"rcnn-heartbeat-{rank}", daemon=True).start()
+
+
+def _silent_ranks(context: DistContext) -> list[int]:
+    """The other ranks whose heartbeat stopped (watched for 3 beats); [] when the store is gone."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        others = [rank for rank in range(context.world_size) if rank != context.rank]
+        before = {rank: store.add(f"rcnn/heartbeat/{rank}", 0) for rank in others}
+        time.sleep(3 * HEARTBEAT_S)
+        return [rank for rank in others if store.add(f"rcnn/heartbeat/{rank}", 0) == before[rank]]
+    except Exception:  # noqa: BLE001 - no store to ask: name no rank
+        return []

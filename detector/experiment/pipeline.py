@@ -39,13 +39,13 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from detector.common.atomic import write_text
+from detector.common.distributed import DistContext, broadcast, process_group, refuse_shard_under_torchrun
 from detector.common.errors import UserError
 from detector.common.workers import shard
 from detector.config import Config, detection_settings, load_config, save_config
@@ -59,6 +59,7 @@ from detector.experiment.run_folder import (
     fingerprint,
     logging_to,
     markdown_summary,
+    share_files,
 )
 from eval.analysis import AnalysisInput, AnalysisOptions
 from eval.analysis_report import error_summary
@@ -67,7 +68,7 @@ from eval.metrics import resolve_metrics, score
 from eval.report import load_analysis, write_reports
 from eval.result_formats import check_formats, save_results
 from proposals.cache import default_cache_dir, parameter_key
-from proposals.extract import extract
+from proposals.extract import extract_everywhere
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Pipeline:
     (i, n) runs only the shardable stages on every n-th image."""
 
     def __init__(self, config: Config, stages: tuple[str, ...] = STAGES, shard: tuple[int, int] = (0, 1),
-                 workers: int = 1) -> None:
+                 workers: int = 1, context: DistContext = DistContext()) -> None:
         if config.train.extra_split and config.ensemble:
             raise UserError("train.extra_split applies to a trained model, not to an ensemble's run")
         self.config = config
@@ -127,7 +128,8 @@ class Pipeline:
         self.shard = shard
         self.workers = workers
         self.folder = RunFolder(config.run_dir)
-        self.is_main = int(os.environ.get("RANK", "0")) == 0
+        self.context = context
+        self.is_main = context.is_main
         self._datasets: dict[str, Dataset] = {}
         self._keys: dict[str, str] = {}
         self._models: list[Model] | None = None
@@ -148,25 +150,37 @@ class Pipeline:
 
     # ----------------------------------------------------------------- running units
 
-    def _unit(self, unit: str, stage: str, key: str, work: Callable[[], tuple[list[Path], dict]]) -> Manifest | None:
+    def _unit(self, unit: str, stage: str, key: str, work: Callable[[], tuple[list[Path], dict]],
+              everyone: bool = True) -> Manifest | None:
         """The unit's manifest: reused when valid, else produced by `work` if `stage` may run.
-        Sharded runs do their share of the work and return None (no manifest)."""
-        manifest = self.folder.valid(unit, key)
+        Sharded runs do their share of the work and return None (no manifest). Under torchrun
+        every rank calls it (unless not `everyone`: rank 0 alone): rank 0's run folder decides,
+        every rank works, rank 0 records the manifest and every rank receives it and the outputs
+        it lacks (no shared disk needed)."""
+        context = self.context if everyone else DistContext()
+        manifest = broadcast(self.folder.valid(unit, key) if self.is_main else None, context, unit)
         if manifest is not None:
             log.info("%s: complete, reused", unit)
-            self.done[unit] = manifest
-            return manifest
+            return self._done(manifest, context)
         if stage not in self.stages or (self.sharded and stage not in SHARDABLE):
             raise UserError(f"stage {unit} is not complete for these settings; run it first "
                             f"(rcnn run without --stages/--shard, or --stages {stage})")
         log.info("%s: running", unit)
         start = time.perf_counter()
         outputs, info = work()
-        if self.sharded or not self.is_main:
+        if self.sharded:
             return None
-        info["seconds"] = round(time.perf_counter() - start, 3)
-        self.done[unit] = self.folder.complete(unit, key, outputs, info)
-        return self.done[unit]
+        if self.is_main:
+            info["seconds"] = round(time.perf_counter() - start, 3)
+            manifest = self.folder.complete(unit, key, outputs, info)
+        return self._done(broadcast(manifest, context, unit), context)
+
+    def _done(self, manifest: Manifest, context: DistContext) -> Manifest:
+        """Record a complete unit; under torchrun, first copy rank 0's outputs this rank lacks."""
+        if context.enabled:
+            share_files(self.folder.root, manifest.outputs, context, manifest.unit)
+        self.done[manifest.unit] = manifest
+        return manifest
 
     # ----------------------------------------------------------------- proposals
 
@@ -184,8 +198,9 @@ class Pipeline:
 
     def _extract(self, split: str) -> dict[str, Any]:
         records = shard(self.dataset(split).records, *self.shard)
-        results = extract([r.path for r in records], self.config.proposals, default_cache_dir(self.config),
-                          workers=self.workers, description=f"proposals {split}")
+        results = extract_everywhere([r.path for r in records], [r.width * r.height for r in records],
+                                     self.config.proposals, default_cache_dir(self.config), self.context,
+                                     workers=self.workers, description=f"proposals {split}")
         failed = [r for r in results if r.error]
         if failed:
             raise UserError(f"proposals {split}: {len(failed)} of {len(results)} images failed "
@@ -299,16 +314,8 @@ class Pipeline:
             if self.is_main:
                 save_config(config, config.run_dir / "config.yaml")
             stages = tuple(s for s in self.stages if s in ("pretrain", "proposals", "train"))
-            pipelines.append(Pipeline(config, stages, workers=self.workers))
+            pipelines.append(Pipeline(config, stages, workers=self.workers, context=self.context))
         return pipelines
-
-    def train_everything(self) -> None:
-        """Only the training this run needs (its own model or every member's): torchrun ranks > 0."""
-        if self.config.ensemble:
-            for member in self._member_pipelines([member_config(e) for e in self.config.ensemble]):
-                member.trained()
-        else:
-            self.trained()
 
     # ----------------------------------------------------------------- detection
 
@@ -331,8 +338,10 @@ class Pipeline:
         detector = Detector.from_weights(weights, self.config)
         cache = self.folder.root / "detections" / detection_key(detector, weights)
         dataset = self.dataset(split)
-        dets = detect_split(detector, dataset, cache, default_cache_dir(self.config), *self.shard)
+        dets = detect_split(detector, dataset, cache, default_cache_dir(self.config), *self.shard, self.context)
         path, extra = model.folder / f"detections_{split}.npz", []
+        if dets is None:  # torchrun rank > 0: rank 0 has them all
+            return [], {}
         if not self.sharded:
             save_detections(path, dets, dataset.classes, dataset.name)
             for format in self.config.eval.save_formats:
@@ -348,7 +357,7 @@ class Pipeline:
         key = content_key(metrics, detect.key, detect.outputs, analysis.key())
         relative = next(iter(detect.outputs))  # detections_<split>.npz; then any other formats
         return self._unit(self._unit_name("evaluate", split, model), "evaluate", key,
-                          lambda: self._evaluate(split, model, metrics, self.folder.root / relative))
+                          lambda: self._evaluate(split, model, metrics, self.folder.root / relative), everyone=False)
 
     def _evaluate(self, split: str, model: Model, metrics: list[str], detections_file: Path) -> tuple[list[Path], dict]:
         """Score the split's detections with each metric (the first is the run's mAP)."""
@@ -372,7 +381,7 @@ class Pipeline:
 
     def report(self, evaluations: dict[str, Manifest]) -> Manifest:
         key = content_key({unit: m.outputs for unit, m in evaluations.items()})
-        return self._unit("report", "report", key, lambda: self._write_report(evaluations))
+        return self._unit("report", "report", key, lambda: self._write_report(evaluations), everyone=False)
 
     def _write_report(self, evaluations: dict[str, Manifest]) -> tuple[list[Path], dict]:
         manifests = {unit: dataclasses.asdict(m) for unit, m in self.done.items()}
@@ -396,15 +405,12 @@ class Pipeline:
                 self.proposals(split)
         if not {"train", "detect", "evaluate", "report"} & set(self.stages):
             return None
-        if not self.is_main:
-            self.train_everything()
-            return None
         models = self.models()
         if not {"detect", "evaluate", "report"} & set(self.stages):
             return None
         pairs = [(split, model) for split in self.eval_splits for model in models]
-        if self.sharded or not {"evaluate", "report"} & set(self.stages):
-            for split, model in pairs:
+        if self.sharded or not self.is_main or not {"evaluate", "report"} & set(self.stages):
+            for split, model in pairs:  # torchrun ranks > 0 detect; rank 0 evaluates what they found
                 self.detections(split, model)
             return None
         evaluations = {self._unit_name("evaluate", s, m): self.evaluation(s, m) for s, m in pairs}
@@ -417,12 +423,13 @@ def run_experiment(config: Config, stages: tuple[str, ...] = STAGES, shard: tupl
     check_stage_selection(stages, shard)
     root = config.run_dir
     check_run_folder(root)
-    pipeline = Pipeline(config, stages, shard, workers)
-    if pipeline.is_main:
-        save_config(config, root / "config.yaml")
     try:
-        with logging_to(root / ("run.log" if pipeline.is_main else f"run.rank{os.environ.get('RANK')}.log")):
-            return pipeline.run()
+        with process_group() as context:
+            pipeline = Pipeline(config, stages, shard, workers, context)
+            if pipeline.is_main:
+                save_config(config, root / "config.yaml")
+            with logging_to(root / ("run.log" if pipeline.is_main else f"run.rank{context.rank}.log")):
+                return pipeline.run()
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"{root}: disk full ({exc.filename or 'while writing'}); free space and rerun, "
@@ -432,12 +439,10 @@ def run_experiment(config: Config, stages: tuple[str, ...] = STAGES, shard: tupl
 
 def check_stage_selection(stages: tuple[str, ...], shard: tuple[int, int]) -> None:
     """Raise UserError for selections that cannot work: unknown stages, --shard on unshardable
-    stages, anything but training under torchrun."""
+    stages, --shard under torchrun (whose ranks split the images themselves)."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise UserError(f"--stages {','.join(stages)}: expected some of {', '.join(STAGES)}")
     if shard[1] > 1 and set(stages) - set(SHARDABLE):
         raise UserError(f"--shard runs only the {' and '.join(SHARDABLE)} stages; pass --stages proposals detect")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and set(stages) not in ({"train"}, {"pretrain"}):
-        raise UserError("under torchrun only training is distributed: pass --stages pretrain or --stages train "
-                        "(shard proposals and detection with --shard i/n)")
+    refuse_shard_under_torchrun(shard[1] > 1)

@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from detector.common.atomic import check_writable, write_text
+from detector.common.atomic import check_writable, write_bytes, write_text
+from detector.common.distributed import DistContext, broadcast, gathered
 from detector.common.errors import UserError
 from detector.data.images import file_digest
 
@@ -146,3 +147,15 @@ def logging_to(path: Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def share_files(root: Path, outputs: dict[str, str], context: DistContext, stage: str) -> None:
+    """Under torchrun, copy rank 0's version of each output (path relative to `root` -> SHA-1)
+    to the ranks whose copy is missing or differs, over the process group (no shared disk)."""
+    lacking = [relative for relative, digest in outputs.items()
+               if not (root / relative).is_file() or file_digest(root / relative, length=40) != digest]
+    wanted = sorted(set().union(*gathered(lacking, context, stage, everywhere=True)))
+    for relative in wanted:
+        data = broadcast((root / relative).read_bytes() if context.is_main else None, context, stage)
+        if relative in lacking:
+            write_bytes(root / relative, data)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from detector.common.distributed import DistContext, gathered, own_share
 from detector.common.errors import UserError
 from detector.common.npz import read_npz, write_npz
 from detector.common.workers import shard
@@ -54,18 +55,32 @@ def _write_cached(path: Path, dets: ImageDetections) -> None:
 
 def detect_split(
     detector: Detector, dataset: Dataset, cache_dir: Path, proposal_cache: Path,
-    shard_index: int = 0, shard_count: int = 1,
-) -> Detections:
-    """Detections of this shard's images of `dataset` (all images when unsharded), cached per image."""
+    shard_index: int = 0, shard_count: int = 1, context: DistContext = DistContext(),
+) -> Detections | None:
+    """Detections of this shard's images of `dataset` (all images when unsharded), cached per image.
+    Under torchrun each rank detects its share (balanced by image area) and rank 0 returns them
+    all, in the split's order; the other ranks return None."""
     if detector.classes != dataset.classes:
         raise UserError(f"{detector.scorers[0].name}: the model's classes {detector.classes[:5]}... do not match "
                         f"{dataset.name}'s {dataset.classes[:5]}... ({len(detector.classes)} vs {len(dataset.classes)})")
     records = shard(dataset.records, shard_index, shard_count)
+    mine = [records[i] for i in own_share([r.width * r.height for r in records], context)]
+    parts = gathered(_detect_records(detector, mine, dataset.name, cache_dir, proposal_cache), context,
+                     f"detect {dataset.name}")
+    if parts is None:
+        return None
+    found = {image_id: dets for part in parts for image_id, dets in part.items()}
+    return {record.image_id: found[record.image_id] for record in records}
+
+
+def _detect_records(detector: Detector, records: list[ImageRecord], name: str, cache_dir: Path,
+                    proposal_cache: Path) -> Detections:
+    """Detections of `records` through the per-image cache in `cache_dir`."""
     files = [_cache_file(cache_dir, record) for record in records]
     results: Detections = {record.image_id: _read_cached(file) for record, file in zip(records, files)}
     to_detect = [(record, file) for record, file in zip(records, files) if results[record.image_id] is None]
     with contextlib.closing(proposed_images(detector, [record.path for record, _ in to_detect], proposal_cache)) as inputs:
-        for (record, file), ready in zip(tqdm(to_detect, desc=f"detect {dataset.name}", unit="image", dynamic_ncols=True),
+        for (record, file), ready in zip(tqdm(to_detect, desc=f"detect {name}", unit="image", dynamic_ncols=True),
                                          inputs):
             results[record.image_id] = _detect(detector, ready)
             _write_cached(file, results[record.image_id])

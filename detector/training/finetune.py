@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from detector.common.atomic import check_writable, write_text
 from detector.common.csv_log import CsvLog
-from detector.common.distributed import DistContext, barrier, device_for, init_distributed, shutdown
+from detector.common.distributed import DistContext, barrier, device_for, process_group
 from detector.common.errors import UserError
 from detector.common.precision import flush_denormals, prepare_input, prepare_model, resolve_precision
 from detector.common.workers import loader_processes
@@ -351,9 +351,6 @@ def _rng_state() -> dict:
 
 def train(config: Config, resume: bool = False) -> Path:
     """Fine-tune per `config` (resuming from the run directory's last checkpoint if asked)."""
-    context = init_distributed()
-    torch.manual_seed(config.seed)
-    try:
+    with process_group() as context:
+        torch.manual_seed(config.seed)
         return Trainer(config, context, resume).run()
-    finally:
-        shutdown(context)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from detector.common.atomic import atomic_path, check_writable, write_text
 from detector.common.csv_log import CsvLog
-from detector.common.distributed import DistContext, barrier, device_for, init_distributed, shutdown
+from detector.common.distributed import DistContext, barrier, device_for, process_group
 from detector.common.errors import UserError
 from detector.common.precision import Precision, flush_denormals, prepare_model, resolve_precision
 from detector.config import Config, PretrainConfig, save_config
@@ -350,12 +350,9 @@ def pretrain_folder(config: Config) -> Path:
 def pretrain(config: Config, resume: bool = False, folder: Path | None = None) -> Path:
     """Pre-train per `config.pretrain` in `folder` (default pretrain_folder), resuming from its
     last checkpoint if asked; returns the exported weights' path."""
-    context = init_distributed()
-    torch.manual_seed(config.seed)
-    try:
+    with process_group() as context:
+        torch.manual_seed(config.seed)
         return Pretrainer(config, context, resume, folder).run()
-    finally:
-        shutdown(context)
 
 
 def resolve_init(config: Config) -> str:
