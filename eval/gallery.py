@@ -11,7 +11,8 @@ and ``..._thumb.jpg`` (THUMB_SIDE px, for report.html) and returns the manifest 
 TIDE type; misses (boxes no detection matched) largest first, each with the detection overlapping
 it most. Each class gets min(per_class, total // (2 * classes)) pictures of each kind (at least
 one), so a 200-class split stays small. Images are read once each; an unreadable image skips its
-pictures (counted in the manifest).
+pictures (counted in the manifest). A new gallery replaces the previous one's pictures, and only
+those: a gallery/ folder holding anything else is refused (UserError), never deleted.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from detector.common.errors import ImageReadError
+from detector.common.atomic import atomic_path
+from detector.common.errors import ImageReadError, UserError
 from detector.data.datasets import Dataset
 from detector.data.images import load_image
 from eval.analysis import Analysis
@@ -40,6 +42,9 @@ MAX_ZOOM = 4.0  #: small objects' crops are enlarged at most this much
 GT_COLOUR = (46, 204, 64)
 DET_COLOUR = (255, 45, 45)
 JPEG_QUALITY = 82
+#: What a gallery holds: class folders of pictures and thumbnails (nothing else is ever deleted).
+CLASS_FOLDER = re.compile(r"\d{3,}_[A-Za-z0-9_-]{1,40}")
+PICTURE = re.compile(r"(fp|miss)_\d{2,}(_thumb)?\.jpg")
 
 
 @dataclass
@@ -200,8 +205,7 @@ def write_gallery(report_dir: str | Path, analysis: Analysis, dets: Detections, 
     per_class, skipped (pictures whose image could not be read) and per class its fp and miss
     entries (file and thumb relative to report_dir, caption, error, score, image id)."""
     folder = Path(report_dir) / GALLERY
-    if folder.is_dir():
-        shutil.rmtree(folder)
+    _remove_previous(folder)
     count = pictures_per_class(per_class, total, len(dataset.classes))
     by_image: dict[int, list[Item]] = {}
     for item in select_items(analysis, dets, dataset, count):
@@ -226,14 +230,38 @@ def write_gallery(report_dir: str | Path, analysis: Analysis, dets: Detections, 
     return {"per_class": count, "skipped": skipped, "classes": classes}
 
 
+def _remove_previous(folder: Path) -> None:
+    """Delete a previous gallery's pictures and class folders; UserError naming the first entry
+    that a gallery does not hold, before deleting anything."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    entries = [folder] + (sorted(folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else [])
+    entries += [f for sub in entries[1:] if sub.is_dir() and not sub.is_symlink() for f in sorted(sub.iterdir())]
+    for entry in entries:
+        if not _is_gallery_entry(folder, entry):
+            raise UserError(f"{entry}: not a picture of a gallery googlenet-rcnn wrote, in {folder}; not replacing "
+                            "that folder (move it away, or choose another report folder)")
+    shutil.rmtree(folder)
+
+
+def _is_gallery_entry(folder: Path, entry: Path) -> bool:
+    if entry.is_symlink():
+        return False
+    if entry == folder or entry.parent == folder:
+        return entry.is_dir() and (entry == folder or CLASS_FOLDER.fullmatch(entry.name) is not None)
+    temporary = entry.name.startswith(".") and ".tmp" in entry.name  # an interrupted atomic write's
+    return entry.is_file() and (PICTURE.fullmatch(entry.name) is not None or temporary)
+
+
 def _write_item(folder: Path, image: np.ndarray, item: Item, dataset: Dataset, image_id: str) -> dict:
     """Draw and save one picture and its thumbnail; its manifest entry."""
     text = caption(item, dataset.display_names)
     picture, thumb = draw_item(image, item, text)
     sub = _slug(item.label, dataset.classes[item.label])
     (folder / sub).mkdir(parents=True, exist_ok=True)
-    picture.save(folder / sub / f"{item.name}.jpg", quality=JPEG_QUALITY)
-    thumb.save(folder / sub / f"{item.name}_thumb.jpg", quality=JPEG_QUALITY)
+    for image, name in ((picture, f"{item.name}.jpg"), (thumb, f"{item.name}_thumb.jpg")):
+        with atomic_path(folder / sub / name) as tmp:
+            image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
     return {"file": f"{GALLERY}/{sub}/{item.name}.jpg", "thumb": f"{GALLERY}/{sub}/{item.name}_thumb.jpg",
             "caption": text, "error": item.error, "image": image_id,
             "score": round(item.det_score, 4) if item.det_box is not None else None}

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from detector.cli import main
+from detector.common.errors import UserError
 from detector.config import load_config
 from detector.data.datasets import DatasetConfig, load_dataset
 from detector.experiment.run_folder import Manifest, markdown_summary
@@ -98,6 +99,17 @@ def test_gallery_has_the_worst_false_positives_and_the_largest_misses(split, tmp
     # a second gallery replaces the first
     write_gallery(tmp_path, analysis, dets, dataset, per_class=1)
     assert len(list((tmp_path / "gallery").rglob("fp_02.jpg"))) == 0
+
+
+def test_a_gallery_folder_holding_other_files_is_refused_not_deleted(split, tmp_path):
+    dataset, dets = split
+    analysis = analyse(dets, dataset, "voc10")
+    write_gallery(tmp_path, analysis, dets, dataset, per_class=1)
+    mine = tmp_path / "gallery" / "000_square" / "notes.txt"
+    mine.write_text("my notes")
+    with pytest.raises(UserError, match="notes.txt: not a picture of a gallery"):
+        write_gallery(tmp_path, analysis, dets, dataset, per_class=1)
+    assert mine.read_text() == "my notes" and (tmp_path / "gallery" / "000_square" / "fp_01.jpg").is_file()
 
 
 def test_small_objects_are_enlarged_at_most_max_zoom(split, tmp_path):
