@@ -96,7 +96,7 @@ class TestConfig:
     vote_iou: float = 0.5  #: box voting neighbourhood (Gidaris & Komodakis)
     wbf_iou: float = 0.55  #: weighted boxes fusion cluster IoU
     flip: bool = False  #: test-time horizontal flip, averaged like an extra model
-    precision: str = "auto"  #: auto (fastest of fp32 / bf16 / int8 agreeing with fp32) | fp32 | bf16 | fp16 | int8
+    precision: str = "auto"  #: auto (int8 with VNNI, else native bf16, else fp32; those agreeing with fp32) | fp32 | bf16 | fp16 | int8
     int8_calibration_images: int = 60  #: training images whose regions calibrate int8 (a quarter held out)
     weights: list[str] = field(default_factory=list)  #: checkpoints; several = ensemble
     #: processes computing the proposals of the next images while the network scores this one

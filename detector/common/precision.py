@@ -3,8 +3,9 @@
 ``auto`` picks bf16 autocast only on CPUs with native bf16 matrix units (AMX or AVX512-BF16),
 where it is ~2x faster than fp32; elsewhere bf16 is emulated and several times slower, so fp32
 with channels_last is used. On CUDA ``auto`` is fp16 automatic mixed precision. ``int8`` (static
-quantisation) is for detection from checkpoints only: detector.inference.int8 builds it, and its
-``inference_precision`` lets ``auto`` pick int8 where it measured faster and agreeing with fp32.
+quantisation) is for detection from checkpoints only: detector.inference.int8 builds it, and
+detector.inference.precision_choice lets ``auto`` pick int8 on CPUs with VNNI where it agrees with
+fp32 (a rule on the CPU's features and that check, never a timing).
 """
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU multiplies bf16 matrices natively (AMX tiles or AVX512-BF16)."""
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def cpu_has_vnni() -> bool:
+    """True when this CPU has VNNI (AVX512-VNNI or AVX-VNNI): int8 dot products in one
+    instruction, which int8 inference needs to be fast (and to use full 8-bit activations)."""
+    return bool(torch.cpu._is_vnni_supported())
 
 
 def flush_denormals() -> None:

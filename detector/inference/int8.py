@@ -274,15 +274,55 @@ def calibration_inputs(scorer: FineTunedScorer, samples: list[Sample]) -> dict[s
 # ----------------------------------------------------------------------------- from cached statistics
 
 
+#: the largest batch a cached example shape may name (calibration batches hold REGIONS_PER_IMAGE regions)
+MAX_EXAMPLE_BATCH = 4096
+
+
+def example_input(scorer: FineTunedScorer, name: str, shape) -> torch.Tensor | None:
+    """A zero input (batch 1) for tracing part `name` when the cached example `shape` fits
+    `scorer`'s network, else None; checked before anything is allocated, so a cache file cannot
+    make it allocate more than one input of the network's own size. crop: [B, 3, S, S] (S the
+    input size); roi trunk: [1, 3, H, W] within the longest resized side; roi head: [B, C, s, s]
+    (the pooled map's channels and size)."""
+    if not (isinstance(shape, list) and len(shape) == 4 and all(type(v) is int and v > 0 for v in shape)):
+        return None
+    batch, channels, height, width = shape
+    model = scorer.network
+    if name == "network":
+        fits = (channels, height, width) == (3, scorer.input_size, scorer.input_size)
+    elif name == "trunk":
+        fits = batch == 1 and channels == 3 and max(height, width) <= max(scorer.roi_sides)
+    elif name == "head" and isinstance(model, SharedFeatureClassifier):
+        size = model.LAYERS[model.roi_layer][1]
+        fits = (height, width) == (size, size) and channels == _map_channels(model)
+    else:
+        fits = False
+    return torch.zeros(1, channels, height, width) if fits and batch <= MAX_EXAMPLE_BATCH else None
+
+
+def _map_channels(model: SharedFeatureClassifier) -> int:
+    """Channels of the map regions are pooled from (a 64-pixel image through the trunk)."""
+    with torch.inference_mode():
+        return int(model.image_features([torch.zeros(3, 64, 64)])[2].shape[1])
+
+
 def rebuild(scorer: FineTunedScorer, state: dict[str, Any]) -> nn.Module | None:
-    """The int8 network from a cached artefact's statistics, or None when they do not fit."""
+    """The int8 network from a cached artefact's statistics, or None when they do not fit: a part
+    missing, an example shape that is not the network's (:func:`example_input`), observers of
+    other names or shapes."""
     parts = {}
     for name, part in float_parts(scorer.network).items():
         saved = state["parts"].get(name)
-        if not saved:
+        if not isinstance(saved, dict) or not isinstance(saved.get("observers"), dict):
             return None
-        prepared = prepare(part, torch.zeros(saved["example_shape"]))
-        if not load_observers(prepared, saved["observers"]):
+        example = example_input(scorer, name, saved.get("example_shape"))
+        if example is None:
+            return None
+        prepared = prepare(part, example)
+        try:
+            if not load_observers(prepared, saved["observers"]):
+                return None
+        except (RuntimeError, TypeError, ValueError):  # tensors of other shapes or types
             return None
         parts[name] = convert(prepared)
     return int8_network(scorer.network, parts)

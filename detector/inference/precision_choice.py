@@ -1,19 +1,24 @@
-"""Which precision detection runs in: the per-checkpoint int8 artefact and the ``auto`` choice.
+"""Which precision detection runs in: the per-checkpoint int8 artefact and the ``auto`` rule.
 
 The artefact is built once per checkpoint and cached beside it as ``<checkpoint>.int8-<key>.pt``
 (in :data:`CACHE_DIR` when that folder is read-only); the key hashes the checkpoint's bytes, the
-torch version, the engine, the CPU and the calibration settings. It holds the calibration
-result (the observers' statistics, from :mod:`detector.inference.int8`) and what was measured on
-held-out regions: top-1 agreement with fp32 and seconds per precision. ``test.precision: auto``
-picks the fastest precision whose agreement is at least :data:`MIN_AGREEMENT`; ``int8`` runs
-int8 unless it disagrees more. The file loads with ``weights_only=True`` and never holds code.
+torch version, the engine, the CPU's vector extensions and the calibration settings. It holds the
+calibration result (the observers' statistics, from :mod:`detector.inference.int8`) and the top-1
+agreement with fp32 of each candidate precision on held-out regions.
+
+``test.precision: auto`` is a rule on what the CPU supports and what passed that agreement check
+(at least :data:`MIN_AGREEMENT`), never a timing, so one checkpoint gives the same detections on
+every machine with the same CPU features, idle or loaded: int8 where the CPU has VNNI, else bf16
+autocast where it multiplies bf16 natively (AMX / AVX512-BF16), else fp32 (:func:`auto_rule`); the
+choice is logged in one line. ``int8`` runs int8 unless it disagrees more. Timings are ``rcnn
+bench``'s (the classifier and detect sections). The file loads with ``weights_only=True`` and
+never holds code.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,7 @@ from torch import nn
 
 from detector.common.atomic import atomic_path
 from detector.common.errors import UserError
-from detector.common.precision import Precision, cpu_has_fast_bf16, default_device, resolve_precision
+from detector.common.precision import Precision, cpu_has_fast_bf16, cpu_has_vnni, default_device, resolve_precision
 from detector.config import Config
 from detector.data.images import file_digest
 from detector.inference.int8 import (
@@ -45,13 +50,13 @@ from detector.modeling.regions import warp_regions
 log = logging.getLogger(__name__)
 
 FORMAT = "googlenet-rcnn-int8"
-VERSION = 2
+VERSION = 3  #: 3: agreement only, no timing; the key no longer holds the core count
 MIN_AGREEMENT = 0.99  #: top-1 agreement with fp32 on held-out regions a fast precision needs
-HOLD_OUT_EVERY = 4  #: every 4th calibration image is held out for the agreement check and timing
+HOLD_OUT_EVERY = 4  #: every 4th calibration image is held out for the agreement check
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "googlenet-rcnn" / "int8"
 
 
-# ----------------------------------------------------------------------------- agreement and timing
+# ----------------------------------------------------------------------------- agreement
 
 
 def score_samples(scorer: RegionScorer, samples: list[Sample], precision: Precision, batch_size: int) -> torch.Tensor:
@@ -65,16 +70,13 @@ def score_samples(scorer: RegionScorer, samples: list[Sample], precision: Precis
 
 def measure(scorer: RegionScorer, samples: list[Sample], precisions: dict[str, Precision],
             batch_size: int) -> dict[str, dict[str, float]]:
-    """Per precision name: seconds to score `samples` (after a warm-up on the first) and top-1
-    agreement with the first precision (fp32)."""
+    """Per precision name: top-1 agreement with the first precision (fp32) on `samples`' regions.
+    Nothing is timed (timings are rcnn bench's)."""
     results, reference = {}, None
     for name, precision in precisions.items():
-        score_samples(scorer, samples[:1], precision, batch_size)
-        start = time.perf_counter()
-        scores = score_samples(scorer, samples, precision, batch_size)
-        seconds = time.perf_counter() - start
-        reference = scores if reference is None else reference
-        results[name] = {"seconds": seconds, "agreement": float((scores.argmax(1) == reference.argmax(1)).float().mean())}
+        top1 = score_samples(scorer, samples, precision, batch_size).argmax(1)
+        reference = top1 if reference is None else reference
+        results[name] = {"agreement": float((top1 == reference).float().mean())}
     return results
 
 
@@ -91,9 +93,10 @@ def candidates(device: torch.device) -> dict[str, Precision]:
 
 
 def machine() -> str:
-    """What int8 speed depends on: the CPU's vector extensions and core count."""
-    return (f"{torch.backends.cpu.get_cpu_capability()} vnni={torch.cpu._is_vnni_supported()} "
-            f"native-bf16={cpu_has_fast_bf16()} cpus={os.cpu_count()}")
+    """What int8 and bf16 results depend on: the CPU's vector extensions (kernels, and 7- or
+    8-bit activations); not its core count or load."""
+    return (f"{torch.backends.cpu.get_cpu_capability()} vnni={cpu_has_vnni()} "
+            f"native-bf16={cpu_has_fast_bf16()}")
 
 
 def cache_key(checkpoint: Path, config: Config) -> str:
@@ -139,7 +142,7 @@ def write_artefact(checkpoint: Path, key: str, state: dict[str, Any]) -> Path:
 def build_artefact(scorer: FineTunedScorer, config: Config,
                    samples: list[Sample]) -> tuple[dict[str, Any], nn.Module]:
     """Calibrate `scorer`'s network on `samples` (:func:`calibration_samples`), attach the int8
-    network, measure agreement and seconds on the held-out ones: (the artefact, the int8 network)."""
+    network, measure agreement on the held-out ones: (the artefact, the int8 network)."""
     held_out = samples[HOLD_OUT_EVERY - 1 :: HOLD_OUT_EVERY] or samples[-1:]
     used = [s for s in samples if not any(s is h for h in held_out)]
     inputs = calibration_inputs(scorer, used)
@@ -194,36 +197,51 @@ def int8_problem(scorers: list[RegionScorer], device: torch.device) -> str | Non
 
 
 def summary(measured: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Per precision over ensemble members: total seconds and the lowest agreement."""
-    names = [name for name in measured[0] if all(name in m for m in measured)]
-    return {name: {"seconds": sum(m[name]["seconds"] for m in measured),
-                   "agreement": min(m[name]["agreement"] for m in measured)} for name in names}
+    """Per precision over ensemble members: the lowest agreement."""
+    names = [name for name in measured[0] if all(name in m and "agreement" in m[name] for m in measured)]
+    return {name: {"agreement": min(float(m[name]["agreement"]) for m in measured)} for name in names}
 
 
-def fastest(totals: dict[str, dict[str, float]]) -> str:
-    """The fastest precision whose top-1 agreement with fp32 is at least :data:`MIN_AGREEMENT`."""
-    passed = [name for name, t in totals.items() if name == "fp32" or t["agreement"] >= MIN_AGREEMENT]
-    return min(passed, key=lambda name: totals[name]["seconds"])
+def passed(totals: dict[str, dict[str, float]], name: str) -> bool:
+    """Whether precision `name` agreed with fp32 on at least :data:`MIN_AGREEMENT` of the held-out regions."""
+    return name == "fp32" or (name in totals and totals[name]["agreement"] >= MIN_AGREEMENT)
+
+
+def auto_rule(totals: dict[str, dict[str, float]] | None, vnni: bool, native_bf16: bool) -> tuple[str, str]:
+    """(precision name, why) ``test.precision: auto`` runs: int8 where the CPU has VNNI and int8
+    passed the agreement check; else bf16 where the CPU multiplies it natively (and it passed,
+    when it was checked: `totals` None means nothing was); else fp32. A rule, never a timing."""
+    if vnni and totals is not None and passed(totals, "int8"):
+        return "int8", "the CPU has VNNI and int8 agreed with fp32"
+    reason = ("no VNNI for int8" if not vnni else "no int8 check" if totals is None
+              else "int8 agreed with fp32 too little")
+    if native_bf16 and (totals is None or passed(totals, "bf16")):
+        return "bf16", f"{reason}; the CPU has native bf16"
+    bf16 = "bf16 agreed too little" if native_bf16 else "no native bf16"
+    return "fp32", f"{reason}; {bf16}"
 
 
 def describe(totals: dict[str, dict[str, float]]) -> str:
-    """`totals` in a few words: time relative to fp32 and top-1 agreement of each precision."""
-    base = totals["fp32"]["seconds"]
-    return ", ".join(f"{name} {t['seconds'] / base:.2f}x time" + ("" if name == "fp32" else f" {100 * t['agreement']:.1f}% top-1")
-                     for name, t in totals.items())
+    """`totals` in a few words: each precision's top-1 agreement with fp32."""
+    return ", ".join(f"{name} {100 * t['agreement']:.1f}% top-1" for name, t in totals.items() if name != "fp32")
 
 
 def inference_precision(scorers: list[RegionScorer], config: Config, device: torch.device | None = None) -> Precision:
     """The precision test.precision asks for on `scorers`; int8 networks are attached when it is
-    int8 or auto picks int8. auto without checkpoints (or off the CPU) is resolve_precision's."""
+    int8 or auto's rule (:func:`auto_rule`) picks int8. auto without checkpoints, off the CPU or on
+    a CPU without VNNI calibrates nothing and is resolve_precision's."""
     name, device = config.test.precision, device or default_device()
     if name not in ("int8", "auto"):
         return resolve_precision(name, device)
     plain = resolve_precision("auto" if name == "auto" else "fp32", device)
     problem = int8_problem(scorers, device)
+    if problem is None and name == "auto" and not cpu_has_vnni():
+        problem = "the CPU has no VNNI"
     if problem is not None:
         if name == "int8":
             log.warning("test.precision int8: %s; running %s", problem, plain.description)
+        else:
+            log.info("precision auto: %s (no int8: %s)", plain.description, problem)
         return plain
     try:
         states = [int8_artefact(s, config) for s in scorers]
@@ -233,22 +251,25 @@ def inference_precision(scorers: list[RegionScorer], config: Config, device: tor
         log.info("precision auto: %s (no int8: %s)", plain.description, exc)
         return plain
     totals = summary([state["measured"] for state in states])
-    precision = candidates(device).get(_choice(name, totals), plain)
+    chosen, why = _choice(name, totals)
+    precision = candidates(device).get(chosen, plain)
     for scorer, state in zip(scorers, states):
         if precision.int8:
             attach_int8(scorer, state)
         else:
             scorer.int8 = None
-    log.info("precision %s: %s (measured on held-out training regions: %s)", name, precision.description, describe(totals))
+    log.info("precision %s: %s (%s; top-1 agreement with fp32 on held-out training regions: %s)",
+             name, precision.description, why, describe(totals))
     return precision
 
 
-def _choice(name: str, totals: dict[str, dict[str, float]]) -> str:
-    """What `name` (int8 | auto) comes to given the measured `totals`; warns when int8 falls back."""
+def _choice(name: str, totals: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """What `name` (int8 | auto) comes to given the agreement `totals`, and why; warns when int8
+    falls back."""
     if name == "auto":
-        return fastest(totals)
-    if totals["int8"]["agreement"] >= MIN_AGREEMENT:
-        return "int8"
+        return auto_rule(totals, cpu_has_vnni(), cpu_has_fast_bf16())
+    if passed(totals, "int8"):
+        return "int8", "asked for"
     log.warning("test.precision int8: top-1 agreement with fp32 %.1f%% < %.0f%% on held-out regions; running fp32",
-                100 * totals["int8"]["agreement"], 100 * MIN_AGREEMENT)
-    return "fp32"
+                100 * totals.get("int8", {}).get("agreement", 0.0), 100 * MIN_AGREEMENT)
+    return "fp32", "int8 agreed with fp32 too little"
