@@ -156,3 +156,23 @@ def test_rcnn_run_runs_every_stage_under_torchrun(split_data, tmp_path):
     stages = {p.name: p.stat().st_mtime_ns for p in (run / "stages").iterdir()}
     assert main(args) == 0  # one process afterwards: every unit complete, reused
     assert {p.name: p.stat().st_mtime_ns for p in (run / "stages").iterdir()} == stages
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_detect_a_folder_under_torchrun_writes_what_one_process_writes(split_data, tmp_path):
+    from detector.cli import detect_main
+
+    weights = _checkpoint(tmp_path / "roi.pt", "roi")
+    images = split_data / "JPEGImages"
+    args = [str(images), "--weights", str(weights), "--config", "tiny", "--set", "test.proposal_workers=0",
+            "--score-threshold", "0"]
+    assert detect_main([*args, "--coco-json", str(tmp_path / "one.json")]) == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "detector", "detect", *args, "--coco-json", str(tmp_path / "two.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert len({entry["image_id"] for entry in two}) == 14 and two == one  # every image, in input order
+    tables = [line for line in result.stdout.splitlines() if line.endswith("detection(s)") or "shown of" in line]
+    assert len(tables) == 14  # each image printed once, by the rank that detected it
