@@ -6,7 +6,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
+import re
 import socket
+import stat
 import tarfile
 import threading
 import zipfile
@@ -216,3 +219,74 @@ def test_archive_members_outside_the_target_are_refused(server, monkeypatch, tmp
     assert main(["data", "download", "voc2012", "--root", str(tmp_path / "root")]) == 2
     assert "member '../escaped.txt' would be written outside the target folder" in capsys.readouterr().err
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "root" / ".voc2012.unpacking").exists()
+
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as handle:
+        for member, data in members:
+            member.size = len(data)
+            handle.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _member(name: str, type=tarfile.REGTYPE, **fields) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = type
+    for key, value in fields.items():
+        setattr(member, key, value)
+    return member
+
+
+HOSTILE = {
+    "absolute symlink": (_member("VOCdevkit/passwd", tarfile.SYMTYPE, linkname="/etc/passwd"),
+                         "'VOCdevkit/passwd' is a symbolic link to '/etc/passwd'"),
+    "relative symlink out": (_member("VOCdevkit/up", tarfile.SYMTYPE, linkname="../../.."),
+                             "'VOCdevkit/up' is a symbolic link to '../../..'"),
+    "hardlink out": (_member("VOCdevkit/hard", tarfile.LNKTYPE, linkname="../outside.txt"),
+                     "'VOCdevkit/hard' is a hard link to '../outside.txt'"),
+    "char device": (_member("VOCdevkit/null", tarfile.CHRTYPE, devmajor=1, devminor=3),
+                    "'VOCdevkit/null' is a character device"),
+    "block device": (_member("VOCdevkit/disk", tarfile.BLKTYPE, devmajor=8, devminor=0),
+                     "'VOCdevkit/disk' is a block device"),
+    "fifo": (_member("VOCdevkit/pipe", tarfile.FIFOTYPE), "'VOCdevkit/pipe' is a FIFO"),
+}
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["with tarfile.data_filter", "without (Python < 3.10.12)"])
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_links_devices_and_fifos_in_archives_are_refused(tmp_path, monkeypatch, case, data_filter):
+    """Without the data filter an absolute symlink, a hardlink out and a char device were created;
+    with it, 3.11.7's filter is the one the 2025 fixes (CVE-2025-4517 and others) corrected."""
+    if not data_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    (tmp_path / "outside.txt").write_text("theirs")
+    member, message = HOSTILE[case]
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(_tar((_member("VOCdevkit/ok.txt"), b"fine"), (member, b"")))
+    target = tmp_path / "unpacked"
+    with pytest.raises(download.UserError, match=re.escape(f"member {message}; only files and folders")):
+        download.extract(archive, target)
+    assert not target.exists()  # refused before anything was written
+    assert (tmp_path / "outside.txt").read_text() == "theirs"
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["with tarfile.data_filter", "without"])
+def test_unpacked_files_get_plain_permissions(tmp_path, monkeypatch, data_filter):
+    if not data_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(_tar((_member("d", tarfile.DIRTYPE, mode=0o7777), b""), (_member("d/run", mode=0o6777), b"x"),
+                             (_member("d/text", mode=0o666, uid=4242, gid=4242), b"y")))
+    download.extract(archive, tmp_path / "out")
+    modes = {name: stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) for name in ("d", "d/run", "d/text")}
+    assert modes == {"d": 0o755, "d/run": 0o755, "d/text": 0o644}
+    assert (tmp_path / "out" / "d" / "text").stat().st_uid == os.getuid()
+
+
+def test_a_hostile_archive_is_one_line_in_the_cli(server, monkeypatch, tmp_path, capsys):
+    serve(server, monkeypatch, "voc2012", {"VOCtrainval_11-May-2012.tar": _tar((HOSTILE["char device"][0], b""))})
+    assert main(["data", "download", "voc2012", "--root", str(tmp_path / "root")]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert "'VOCdevkit/null' is a character device; only files and folders are unpacked, refused" in line
+    assert not (tmp_path / "root" / ".voc2012.unpacking").exists()
