@@ -1,0 +1,1 @@
+"""Stand-alone benchmark scripts (not part of the installed package)."""
