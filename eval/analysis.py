@@ -55,6 +55,7 @@ from eval.analysis_match import (
     TP,
     VOC_IOU,
     image_errors,
+    passes,
     prepare_image,
 )
 from eval.detections import Detections, ImageDetections
@@ -213,8 +214,10 @@ def collect_errors(dets: Detections, dataset: Dataset, metric: str, similar: np.
     for i in _image_order(dets, dataset, metric):
         record = dataset.records[i]
         case = prepare_image(record, dets.get(record.image_id, _EMPTY), metric)
+        ok = [passes(case, metric, t) for t in thresholds]
         for combo in combos:
-            errs = image_errors(case, metric, thresholds[combo[0]], combo[1], similar)
+            errs = image_errors(case, metric, thresholds[combo[0]], combo[1], ok[combo[0]],
+                                similar if combo == combos[0] else None)
             kinds[combo][0].append(errs.kind)
             kinds[combo][1].append(errs.fix_class)
             kinds[combo][2].append((record.labels[errs.regular], errs.used[errs.regular], errs.missed[errs.regular]))

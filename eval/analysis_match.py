@@ -58,7 +58,7 @@ class ImageCase:
     ``index`` [K] positions in the image's ImageDetections; ``labels`` [K] int64; ``scores`` [K]
     float32; ``det_area`` [K] px^2; ``iou`` [K, G] float64 for every pair of classes;
     ``gt_labels`` [G]; ``gt_ignore`` [G] bool; ``gt_area`` [G] px^2; ``thresholds`` [G] the
-    ILSVRC IoU a box needs.
+    ILSVRC IoU a box needs; ``same`` [K, G] bool: detection and box of one class.
     """
 
     index: np.ndarray
@@ -70,6 +70,7 @@ class ImageCase:
     gt_ignore: np.ndarray
     gt_area: np.ndarray
     thresholds: np.ndarray
+    same: np.ndarray
 
 
 @dataclass
@@ -78,7 +79,8 @@ class ImageErrors:
 
     Per detection [K] (ImageCase order): ``kind`` (TP, a TIDE type or IGNORED); ``fix_class``
     the class it becomes a true positive of when its error type is fixed (-1: it is removed
-    instead); ``target`` the box its error refers to (-1: none); ``hoiem`` its Hoiem type.
+    instead); ``target`` the box its error refers to (-1: none); ``hoiem`` its Hoiem type (None
+    when not asked for).
     Per box [G]: ``regular`` (counted), ``used`` (matched), ``missed`` (TIDE's missed
     ground truth: unmatched and no cls / loc error could take it).
     """
@@ -109,8 +111,9 @@ def prepare_image(record: ImageRecord, dets: ImageDetections, metric: str) -> Im
         iou = devkit_iou(xyxy_to_voc(boxes), xyxy_to_voc(gt))
         det_area, gt_area = _box_area(boxes), _box_area(gt)
         thresholds = ilsvrc_thresholds(xyxy_to_voc(gt))
-    return ImageCase(order, dets.labels[order], dets.scores[order], det_area, iou,
-                     record.labels, ignore, gt_area, thresholds)
+    labels = dets.labels[order]
+    return ImageCase(order, labels, dets.scores[order], det_area, iou, record.labels, ignore, gt_area, thresholds,
+                     labels[:, None] == record.labels[None, :])
 
 
 def _cap_per_class(order: np.ndarray, labels: np.ndarray, cap: int) -> np.ndarray:
@@ -224,14 +227,13 @@ def _best(values: np.ndarray, last: bool) -> np.ndarray:
 # --------------------------------------------------------------------------- error types
 
 
-def image_errors(case: ImageCase, metric: str, threshold: float, size: str,
-                 similar: np.ndarray) -> ImageErrors:
-    """Match one image under (`threshold`, `size`) and type its errors; `similar` [C, C] bool
-    says which classes are similar (Hoiem's sim)."""
+def image_errors(case: ImageCase, metric: str, threshold: float, size: str, ok: np.ndarray,
+                 similar: np.ndarray | None = None) -> ImageErrors:
+    """Match one image under (`threshold`, `size`) and type its errors; `ok` is passes() at
+    `threshold`; with `similar` [C, C] bool (which classes are similar), the Hoiem types too."""
     low, high = SIZE_RANGES[size]
-    gt_ignore = case.gt_ignore | (case.gt_area < low) | (case.gt_area > high)
-    same = case.labels[:, None] == case.gt_labels[None, :]
-    ok = passes(case, metric, threshold)
+    gt_ignore = case.gt_ignore | (case.gt_area < low) | (case.gt_area > high) if size != "all" else case.gt_ignore
+    same = case.same
     matched = match(case, metric, ok & same, gt_ignore)
     found = matched >= 0
     ignored = found & gt_ignore[np.maximum(matched, 0)] if gt_ignore.size else np.zeros(len(found), bool)
@@ -244,7 +246,7 @@ def image_errors(case: ImageCase, metric: str, threshold: float, size: str,
     kind[tp], kind[ignored] = TP, IGNORED
     fix_class, targeted = _fixes(case, kind, target, used)
     regular = ~gt_ignore
-    hoiem = _hoiem_types(case, kind, same, regular, similar)
+    hoiem = _hoiem_types(case, kind, same, regular, similar) if similar is not None else None
     return ImageErrors(kind, fix_class, target, hoiem, regular, used, regular & ~used & ~targeted)
 
 
