@@ -211,18 +211,21 @@ def write_gallery(report_dir: str | Path, analysis: Analysis, dets: Detections, 
     for item in select_items(analysis, dets, dataset, count):
         by_image.setdefault(item.image, []).append(item)
     written: dict[tuple[int, str], list[tuple[str, dict]]] = {}
-    skipped = 0
+    skipped, unreadable = 0, []
     for image_index in sorted(by_image):
         record = dataset.records[image_index]
         try:
             image = load_image(record.path)
         except ImageReadError as exc:
-            log.warning("gallery: %s", exc)
+            unreadable.append(str(exc))
             skipped += len(by_image[image_index])
             continue
         for item in by_image[image_index]:
             entry = _write_item(folder, image, item, dataset, record.image_id)
             written.setdefault((item.label, item.kind), []).append((item.name, entry))
+    if unreadable:
+        log.warning("gallery: %d picture(s) left out, %d image(s) unreadable (e.g. %s)", skipped, len(unreadable),
+                    unreadable[0])
     classes = [{"id": class_id, "name": name,
                 **{kind: [entry for _, entry in sorted(written.get((c, kind), []), key=lambda pair: pair[0])]
                    for kind in ("fp", "miss")}}
