@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="checkpoint (required with --config)")
     parser.add_argument("--images", type=int, default=16, help="synthetic images (without --config)")
     parser.add_argument("--ranks", type=int, default=2, help="torchrun processes on this machine")
+    parser.add_argument("--proposal-workers", type=int, default=-1,
+                        help="test.proposal_workers of both runs (-1 auto: the single process searches "
+                             "proposals on every core; 0: in one thread beside the network)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -79,7 +82,7 @@ def main() -> None:
                 args += ["--split", options.split]
         else:
             args, weights = synthetic_setup(scratch, options.images)
-        args += ["--weights", str(weights)]
+        args += ["--weights", str(weights), "--set", f"test.proposal_workers={options.proposal_workers}"]
         one, metrics_one = timed_eval([sys.executable], args, scratch / "one")
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(options.ranks)]
         many, metrics_many = timed_eval(torchrun, args, scratch / "many")
