@@ -107,6 +107,7 @@ def barrier(context: DistContext) -> None:
 
 
 def shutdown(context: DistContext) -> None:
+    _stop_heartbeat()
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -180,17 +181,40 @@ def _failure(exc: Exception, context: DistContext, stage: str) -> RankFailure:
     return RankFailure(f"rank {context.rank}: {stage}: {what}; rerun to resume from the caches")
 
 
-def _start_heartbeat(rank: int) -> None:
-    """Bump this rank's counter in the job's store every HEARTBEAT_S seconds, from a daemon thread."""
-    store = dist.distributed_c10d._get_default_store()
+class _Heartbeat:
+    """Bumps this rank's counter in the job's store every HEARTBEAT_S seconds from a thread, until
+    stopped (before the process group goes: a store call cut short at exit aborts the process)."""
 
-    def beat() -> None:
+    def __init__(self, rank: int) -> None:
+        self.store, self.key = dist.distributed_c10d._get_default_store(), f"rcnn/heartbeat/{rank}"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"rcnn-heartbeat-{rank}", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
         with contextlib.suppress(Exception):  # the store's host is gone: the job is ending anyway
-            while True:
-                store.add(f"rcnn/heartbeat/{rank}", 1)
-                time.sleep(HEARTBEAT_S)
+            while not self.stopped.is_set():
+                self.store.add(self.key, 1)
+                self.stopped.wait(HEARTBEAT_S)
 
-    threading.Thread(target=beat, name=f"rcnn-heartbeat-{rank}", daemon=True).start()
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+_heartbeat: _Heartbeat | None = None
+
+
+def _start_heartbeat(rank: int) -> None:
+    global _heartbeat
+    _heartbeat = _Heartbeat(rank)
+
+
+def _stop_heartbeat() -> None:
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        _heartbeat = None
 
 
 def _silent_ranks(context: DistContext) -> list[int]:
