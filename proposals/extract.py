@@ -22,6 +22,7 @@ from tqdm import tqdm
 from detector.common.distributed import DistContext, gathered, own_share
 from detector.common.errors import UserError
 from detector.common.workers import one_core, worker_pool
+from detector.data.datasets import ImageRecord
 from detector.data.images import load_image
 from proposals.cache import load_or_compute, store
 from proposals.config import ProposalConfig, validate
@@ -99,17 +100,18 @@ def _run(
 
 
 def extract_everywhere(
-    paths: Sequence[Path], costs: Sequence[float], config: ProposalConfig, cache_dir: Path, context: DistContext, *,
+    records: Sequence[ImageRecord], config: ProposalConfig, cache_dir: Path, context: DistContext, *,
     workers: int = 1, keep_boxes: bool = False, progress: bool = True, description: str = "proposals",
 ) -> list[ImageResult]:
-    """:func:`extract` over the ranks of a torchrun job: each rank searches its share of `paths`
-    (balanced by `costs`, e.g. image areas), then the boxes travel over the process group into
-    every rank's cache, so that training on any rank finds them. Every rank returns every result,
-    in `paths` order. Without torchrun: :func:`extract`."""
+    """:func:`extract` of the records' images over the ranks of a torchrun job: each rank searches
+    its share (balanced by image area), then the boxes travel over the process group into every
+    rank's cache, so that training on any rank finds them. Every rank returns every result, in
+    `records` order. Without torchrun: :func:`extract`."""
+    paths = [record.path for record in records]
     if not context.enabled:
         return extract(paths, config, cache_dir, workers=workers, keep_boxes=keep_boxes, progress=progress,
                        description=description)
-    mine = own_share(costs, context)
+    mine = own_share([record.width * record.height for record in records], context)
     found = extract([paths[i] for i in mine], config, cache_dir, workers=workers, keep_boxes=True,
                     progress=progress, description=f"{description} (rank {context.rank})")
     results: list[ImageResult | None] = [None] * len(paths)

@@ -34,7 +34,7 @@ from detector.common.errors import UserError
 from detector.common.workers import default_workers, parse_shard, shard
 from detector.data.datasets import Dataset, ImageRecord, load_dataset
 from proposals.cache import default_cache_dir
-from proposals.config import BACKEND_PARAMS, PRESETS, ProposalConfig, validate
+from proposals.config import BACKEND_PARAMS, PRESETS, validate
 from proposals.extract import ImageResult, extract_everywhere
 from proposals.report import markdown_table, method_config, size_table, summarize, write_report
 
@@ -87,18 +87,11 @@ def _raise_on_failures(results: list[ImageResult], where: Path) -> None:
                         f"the others are in {where}")
 
 
-def _everywhere(args: argparse.Namespace, config: Any, records: list[ImageRecord], context: DistContext,
-                method: ProposalConfig, **options) -> list[ImageResult]:
-    """Proposals of `records` with `method` through the cache (each rank its share under torchrun)."""
-    return extract_everywhere([r.path for r in records], [r.width * r.height for r in records], method,
-                              default_cache_dir(config), context, workers=args.workers, **options)
-
-
 def _extract(args: argparse.Namespace, config: Any, dataset: Dataset, records: list[ImageRecord],
              context: DistContext) -> int:
     cache_dir = default_cache_dir(config)
     start = time.perf_counter()
-    results = _everywhere(args, config, records, context, method=config.proposals)
+    results = extract_everywhere(records, config.proposals, cache_dir, context, workers=args.workers)
     wall = time.perf_counter() - start
     if not context.is_main:
         return 0
@@ -129,7 +122,8 @@ def _report(args: argparse.Namespace, config: Any, dataset: Dataset, records: li
     summaries, all_results = [], []
     for spec in specs:
         method = method_config(spec, config.proposals)
-        results = _everywhere(args, config, records, context, method=method, keep_boxes=True, description=spec)
+        results = extract_everywhere(records, method, default_cache_dir(config), context, workers=args.workers,
+                                     keep_boxes=True, description=spec)
         summaries.append(summarize(spec, method, records, results))
         all_results += results
     if not context.is_main:

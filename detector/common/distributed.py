@@ -62,9 +62,14 @@ def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun started for this job ($WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> DistContext:
     """Join the process group described by torchrun's environment variables, if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size <= 1:
         return DistContext()
     if not dist.is_initialized():
@@ -81,7 +86,7 @@ def init_distributed() -> DistContext:
 def process_group() -> Iterator[DistContext]:
     """This process's DistContext while the body runs; a process group it had to create is
     destroyed afterwards (one created by a caller is left to that caller)."""
-    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    created = launched_world_size() > 1 and not dist.is_initialized()
     context = init_distributed()
     try:
         yield context
@@ -92,7 +97,7 @@ def process_group() -> Iterator[DistContext]:
 
 def refuse_shard_under_torchrun(sharded: bool) -> None:
     """UserError for --shard under torchrun, whose ranks split the images themselves."""
-    if sharded and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if sharded and launched_world_size() > 1:
         raise UserError("--shard is for machines that cannot reach each other; under torchrun the ranks split "
                         "the images themselves: drop --shard")
 
@@ -186,7 +191,7 @@ class _Heartbeat:
     stopped (before the process group goes: a store call cut short at exit aborts the process)."""
 
     def __init__(self, rank: int) -> None:
-        self.store, self.key = dist.distributed_c10d._get_default_store(), f"rcnn/heartbeat/{rank}"
+        self.store, self.key = dist.distributed_c10d._get_default_store(), _heartbeat_key(rank)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name=f"rcnn-heartbeat-{rank}", daemon=True)
         self.thread.start()
@@ -203,6 +208,10 @@ class _Heartbeat:
 
 
 _heartbeat: _Heartbeat | None = None
+
+
+def _heartbeat_key(rank: int) -> str:
+    return f"rcnn/heartbeat/{rank}"
 
 
 def _start_heartbeat(rank: int) -> None:
@@ -222,8 +231,8 @@ def _silent_ranks(context: DistContext) -> list[int]:
     try:
         store = dist.distributed_c10d._get_default_store()
         others = [rank for rank in range(context.world_size) if rank != context.rank]
-        before = {rank: store.add(f"rcnn/heartbeat/{rank}", 0) for rank in others}
+        before = {rank: store.add(_heartbeat_key(rank), 0) for rank in others}
         time.sleep(3 * HEARTBEAT_S)
-        return [rank for rank in others if store.add(f"rcnn/heartbeat/{rank}", 0) == before[rank]]
+        return [rank for rank in others if store.add(_heartbeat_key(rank), 0) == before[rank]]
     except Exception:  # noqa: BLE001 - no store to ask: name no rank
         return []

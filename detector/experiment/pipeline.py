@@ -198,8 +198,7 @@ class Pipeline:
 
     def _extract(self, split: str) -> dict[str, Any]:
         records = shard(self.dataset(split).records, *self.shard)
-        results = extract_everywhere([r.path for r in records], [r.width * r.height for r in records],
-                                     self.config.proposals, default_cache_dir(self.config), self.context,
+        results = extract_everywhere(records, self.config.proposals, default_cache_dir(self.config), self.context,
                                      workers=self.workers, description=f"proposals {split}")
         failed = [r for r in results if r.error]
         if failed:

@@ -152,8 +152,9 @@ def logging_to(path: Path) -> Iterator[None]:
 def share_files(root: Path, outputs: dict[str, str], context: DistContext, stage: str) -> None:
     """Under torchrun, copy rank 0's version of each output (path relative to `root` -> SHA-1)
     to the ranks whose copy is missing or differs, over the process group (no shared disk)."""
-    lacking = [relative for relative, digest in outputs.items()
-               if not (root / relative).is_file() or file_digest(root / relative, length=40) != digest]
+    lacking = [] if context.is_main else [  # rank 0's copies are the ones recorded in `outputs`
+        relative for relative, digest in outputs.items()
+        if not (root / relative).is_file() or file_digest(root / relative, length=40) != digest]
     wanted = sorted(set().union(*gathered(lacking, context, stage, everywhere=True)))
     for relative in wanted:
         data = broadcast((root / relative).read_bytes() if context.is_main else None, context, stage)
