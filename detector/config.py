@@ -34,7 +34,8 @@ class ModelConfig:
     dropout: float = 0.4  #: main head dropout (GoogLeNet paper)
     roi_short_side: int = 600  #: roi mode: images resized so the shorter side is this (pixels)
     roi_max_side: int = 1000  #: roi mode: ...unless the longer side would exceed this
-    #: roi mode: 4e (5a/5b per region) | 5b (whole trunk per image) | 5b-dilated (light head)
+    #: roi mode: 4e (5a/5b per region) | 5b (whole trunk per image) | 5b-dilated (light head) |
+    #: 5b-dilated+3b (light head + a stride-8 level for regions under 112 px, FPN's rule)
     roi_layer: str = "4e"
 
 
@@ -49,6 +50,8 @@ class TrainConfig:
     fg_iou: float = 0.5  #: foreground: IoU >= this with a ground-truth box
     bg_iou_low: float = 0.1  #: background: IoU in [bg_iou_low, bg_iou_high)
     bg_iou_high: float = 0.5
+    fg_sampling: str = "uniform"  #: uniform (over foreground proposals) | per_object (slots spread evenly over objects)
+    repeat_factor: float = 0.0  #: LVIS repeat-factor threshold t: images drawn by max_c sqrt(t / f(c)) (0 = off)
     bbox_iou: float = 0.6  #: box-regression targets for proposals with IoU >= this (R-CNN)
     bbox_loss_weight: float = 1.0
     aux_loss_weight: float = 0.3  #: each auxiliary classifier's loss weight (GoogLeNet)

@@ -23,6 +23,7 @@ from detector.modeling.checkpoint import save_checkpoint
 
 CPU = torch.device("cpu")
 LIGHT = {"mode": "roi", "roi_layer": "5b-dilated", "roi_short_side": 96, "roi_max_side": 128}
+PYRAMID = {**LIGHT, "roi_layer": "5b-dilated+3b"}
 
 
 def _checkpoint(path: Path, seed: int = 0, **settings) -> Path:
@@ -228,7 +229,7 @@ def test_auto_uses_the_cached_decision(tiny_voc, tmp_path, crop_weights, monkeyp
     assert quantize.inference_precision([FineTunedScorer.from_checkpoint(str(crop_weights))], config, CPU) == precision
 
 
-@pytest.mark.parametrize("settings", [{}, LIGHT], ids=["crop", "light-head"])
+@pytest.mark.parametrize("settings", [{}, LIGHT, PYRAMID], ids=["crop", "light-head", "pyramid"])
 def test_detector_runs_int8(tiny_voc, tmp_path, settings):
     weights = _checkpoint(tmp_path / "model.pt", **settings)
     detector = Detector.from_weights([str(weights)], _config(tiny_voc, tmp_path))

@@ -12,7 +12,7 @@ from detector.data.images import load_image
 from detector.inference.detector import Detector
 from detector.modeling.build import build_model
 from detector.modeling.checkpoint import load_checkpoint
-from detector.modeling.googlenet import LightHeadClassifier, SharedFeatureClassifier
+from detector.modeling.googlenet import LightHeadClassifier, PyramidLightHeadClassifier, SharedFeatureClassifier
 from detector.modeling.regions import resize_for_roi, roi_inputs
 from detector.training.finetune import train
 from detector.training.minibatches import SamplingSettings, TrainBatches
@@ -71,10 +71,43 @@ def test_dilated_5b_light_head_outputs():
     assert model.light_fc.weight.grad.abs().sum() > 0 and model.trunk.inception5a.branch2[1].conv.weight.grad.abs().sum() > 0
 
 
+def test_pyramid_light_head_pools_small_regions_from_the_stride_8_map():
+    model = build_model(2, mode="roi", roi_layer="5b-dilated+3b").eval()
+    image = torch.randn(3, 128, 160)
+    with torch.no_grad():
+        x4a, x4d, (fine, coarse) = model.image_features([image])
+        assert fine.shape == (1, 128, 16, 20) and coarse.shape == (1, 128, 8, 10)
+        # sqrt(w h): 40 and 111.9 px (stride 8), 112 and 143 px (stride 16; FPN's rule at 224 / 2)
+        rois = torch.tensor([[0, 10, 10, 50, 50], [0, 0, 0, 160, 128.0], [0, 0, 0, 111.9, 111.9], [0, 8, 8, 120, 120]])
+        assert model.is_small(rois).tolist() == [True, False, True, False]
+        pooled = model.pool_regions((fine, coarse), rois)
+        small, large = rois[[0, 2]], rois[[1, 3]]
+        torch.testing.assert_close(pooled[[0, 2]], model._pool(fine, small, 8, 7))
+        torch.testing.assert_close(pooled[[1, 3]], model._pool(coarse, large, 16, 7))
+        out = model([image], rois)
+    assert out.features.shape == (4, 1024) and out.class_logits.shape == (4, 3)
+
+
+def test_pyramid_light_head_trains_both_levels():
+    model = build_model(2, mode="roi", roi_layer="5b-dilated+3b").train()
+    rois = torch.tensor([[0, 10, 10, 40, 40], [1, 0, 0, 150, 120.0]])  # one small, one large
+    out = model([torch.randn(3, 128, 160), torch.randn(3, 128, 160)], rois)
+    assert len(out.aux_logits) == 2
+    out.class_logits.sum().backward()
+    for layer in (model.fine_lateral, model.fine_smooth, model.light_reduce):
+        assert layer.conv.weight.grad.abs().sum() > 0
+    assert model.trunk.inception3b.branch1.conv.weight.grad.abs().sum() > 0
+    # the shared trunk and light head load from a 5b-dilated model; only the stride-8 layers are new
+    missing, unexpected = model.load_state_dict(build_model(2, mode="roi", roi_layer="5b-dilated").state_dict(),
+                                                strict=False)
+    assert not unexpected and {key.split(".")[0] for key in missing} == {"fine_lateral", "fine_smooth"}
+
+
 def test_each_roi_layer_gets_the_network_that_runs_it():
     assert type(build_model(2, mode="roi", roi_layer="5b-dilated")) is LightHeadClassifier
+    assert type(build_model(2, mode="roi", roi_layer="5b-dilated+3b")) is PyramidLightHeadClassifier
     assert type(build_model(2, mode="roi", roi_layer="4e")) is SharedFeatureClassifier
-    with pytest.raises(UserError, match="model.roi_layer '5c': expected one of 4e, 5b, 5b-dilated"):
+    with pytest.raises(UserError, match=r"model.roi_layer '5c': expected one of 4e, 5b, 5b-dilated, 5b-dilated\+3b"):
         build_model(2, mode="roi", roi_layer="5c")
     with pytest.raises(UserError, match="SharedFeatureClassifier runs 4e, 5b"):
         SharedFeatureClassifier(2, roi_layer="5b-dilated")
@@ -88,7 +121,7 @@ def test_roi_geometry():
     assert rois.tolist() == [[3.0, 42.0, 46.0, 154.0, 102.0]]  # context-dilated, then scaled
 
 
-@pytest.mark.parametrize("layer", ["4e", "5b", "5b-dilated"])
+@pytest.mark.parametrize("layer", ["4e", "5b", "5b-dilated", "5b-dilated+3b"])
 def test_roi_mode_trains_and_detects(tiny_voc, tmp_path, layer):
     config = load_config("tiny", [f"data.root={tiny_voc}", f"output_dir={tmp_path}", "model.mode=roi", f"model.roi_layer={layer}",
                                   "model.roi_short_side=120", "model.roi_max_side=200", "train.iterations=2",

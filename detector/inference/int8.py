@@ -60,13 +60,13 @@ class _CropPart(nn.Module):
 
 
 class _TrunkPart(nn.Module):
-    """Shared-feature trunk: one normalised image [1, 3, H, W] -> the map regions are pooled from."""
+    """Shared-feature trunk: one normalised image [1, 3, H, W] -> the map(s) regions are pooled from."""
 
     def __init__(self, model: SharedFeatureClassifier) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.model.image_features([image[0]])[2]
 
 
@@ -107,16 +107,15 @@ class Int8Shared(nn.Module):
     def __init__(self, parts: dict[str, nn.Module], model: SharedFeatureClassifier) -> None:
         super().__init__()
         self.trunk, self.head = parts["trunk"], parts["head"]
-        self.pool = model._pool
-        self.stride, self.size = model.LAYERS[model.roi_layer]
+        self.pool_regions = model.pool_regions  # fp32 RoIAlign, from each map the float model would use
 
-    def shared_map(self, image: torch.Tensor) -> torch.Tensor:
-        """The roi layer's map [1, C, h, w] of a normalised image [1, 3, H, W]."""
+    def shared_map(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The roi layer's map(s) [1, C, h, w] of a normalised image [1, 3, H, W]."""
         return self.trunk(image)
 
-    def pooled_outputs(self, shared: torch.Tensor, rois: torch.Tensor) -> RegionOutputs:
-        """Logits, deltas and features of RoIs [R, 5] on the map [1, C, h, w]."""
-        return RegionOutputs(*self.head(self.pool(shared, rois, self.stride, self.size)))
+    def pooled_outputs(self, shared: torch.Tensor | tuple[torch.Tensor, ...], rois: torch.Tensor) -> RegionOutputs:
+        """Logits, deltas and features of RoIs [R, 5] on the map(s) of :meth:`shared_map`."""
+        return RegionOutputs(*self.head(self.pool_regions(shared, rois)))
 
 
 def int8_network(model: RegionClassifier, parts: dict[str, nn.Module]) -> nn.Module:
@@ -267,7 +266,7 @@ def calibration_inputs(scorer: FineTunedScorer, samples: list[Sample]) -> dict[s
             shared = model.image_features([resized])[2]
             rois = roi_inputs(sample.boxes, 0, scorer.input_size, scorer.context_pad, scale)
             images.append(resized[None])
-            pooled.append(model._pool(shared, rois, *model.LAYERS[model.roi_layer]))
+            pooled.append(model.pool_regions(shared, rois))
     return {"trunk": images, "head": pooled}
 
 
@@ -301,9 +300,10 @@ def example_input(scorer: FineTunedScorer, name: str, shape) -> torch.Tensor | N
 
 
 def _map_channels(model: SharedFeatureClassifier) -> int:
-    """Channels of the map regions are pooled from (a 64-pixel image through the trunk)."""
+    """Channels of the pooled regions (one region of a 64-pixel image through the trunk)."""
     with torch.inference_mode():
-        return int(model.image_features([torch.zeros(3, 64, 64)])[2].shape[1])
+        shared = model.image_features([torch.zeros(3, 64, 64)])[2]
+        return int(model.pool_regions(shared, torch.tensor([[0.0, 0.0, 0.0, 64.0, 64.0]])).shape[1])
 
 
 def rebuild(scorer: FineTunedScorer, state: dict[str, Any]) -> nn.Module | None:

@@ -124,12 +124,19 @@ class SharedFeatureClassifier(RegionClassifier):
         of normalised images [3, H_i, W_i], run as one batch: each is padded
         at its bottom and right with zeros (the normalised mean) to the largest H and W, so batch
         norm sees the whole batch in training."""
+        _, x4a, x4d, x4e = self.trunk_maps(images)
+        return x4a, x4d, self.shared_map(x4e)
+
+    def trunk_maps(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """inception 3b [N, 480, H/8, W/8], 4a, 4d and 4e [N, C, H/16, W/16] of normalised images
+        [3, H_i, W_i] batched by :func:`pad_to_batch`."""
         t = self.trunk
         x = pad_to_batch(images).contiguous(memory_format=torch.channels_last)
         x = t.maxpool2(t.conv3(t.conv2(t.maxpool1(t.conv1(x)))))
-        x4a = t.inception4a(t.maxpool3(t.inception3b(t.inception3a(x))))
+        x3b = t.inception3b(t.inception3a(x))
+        x4a = t.inception4a(t.maxpool3(x3b))
         x4d = t.inception4d(t.inception4c(t.inception4b(x4a)))
-        return x4a, x4d, self.shared_map(t.inception4e(x4d))
+        return x3b, x4a, x4d, t.inception4e(x4d)
 
     def shared_map(self, x4e: torch.Tensor) -> torch.Tensor:
         """The map regions are pooled from, given inception_4e's [N, 832, H/16, W/16]."""
@@ -143,10 +150,14 @@ class SharedFeatureClassifier(RegionClassifier):
             pooled = t.inception5b(t.inception5a(t.maxpool4(pooled)))
         return t.dropout(torch.flatten(t.avgpool(pooled), 1))
 
+    def pool_regions(self, shared_maps: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """RoIs [R, 5] pooled [R, C, s, s] from the roi layer's maps [N, C, h, w]."""
+        return self._pool(shared_maps, rois, *self.LAYERS[self.roi_layer])
+
     def pooled_outputs(self, shared_maps: torch.Tensor, rois: torch.Tensor) -> RegionOutputs:
         """Class logits, deltas and features of RoIs [R, 5] on precomputed roi-layer maps
-        [N, C, h, w] (no aux)."""
-        features = self.region_head(self._pool(shared_maps, rois, *self.LAYERS[self.roi_layer]))
+        (those of image_features; no aux)."""
+        features = self.region_head(self.pool_regions(shared_maps, rois))
         return RegionOutputs(self.cls_score(features), self.bbox_pred(features), features)
 
     def forward(self, images: list[torch.Tensor], rois: torch.Tensor) -> RegionOutputs:
@@ -196,6 +207,57 @@ class LightHeadClassifier(SharedFeatureClassifier):
         return self.trunk.dropout(F.relu(self.light_fc(torch.flatten(pooled, 1))))
 
 
+class PyramidLightHeadClassifier(LightHeadClassifier):
+    """``roi_layer="5b-dilated+3b"``: the light head with a second, stride-8 level for small
+    regions (FPN, Lin et al. 2017): the thin stride-16 map upsampled x2 (nearest) plus a 1x1
+    lateral projection of inception_3b (480 channels, stride 8), smoothed by a 3x3 convolution.
+    FPN's level rule (its eq. 1 with k0 = 4 at 224 pixels, levels 3-4): a region whose side
+    sqrt(w h) is under 112 input pixels is pooled from the stride-8 map, others from the
+    stride-16 one; both to 7x7 and through the one shared ``light_fc``. The roi-layer "maps" are
+    the pair (stride-8 [N, 128, H/8, W/8], stride-16 [N, 128, H/16, W/16]). Adds
+    ``fine_lateral`` and ``fine_smooth`` (random init) to the light head's layers.
+    """
+
+    LAYERS = {"5b-dilated+3b": (16, 7)}
+    FINE_STRIDE = 8
+    SMALL_SIDE = 112  #: regions with sqrt(w h) below this many input pixels use the stride-8 map
+    INCEPTION_3B_CHANNELS = 480
+
+    def __init__(self, num_classes: int, aux_classifiers: bool = True, dropout: float = 0.4,
+                 roi_layer: str = "5b-dilated+3b") -> None:
+        super().__init__(num_classes, aux_classifiers, dropout, roi_layer)
+        self.fine_lateral = BasicConv2d(self.INCEPTION_3B_CHANNELS, self.LIGHT_CHANNELS, kernel_size=1)
+        self.fine_smooth = BasicConv2d(self.LIGHT_CHANNELS, self.LIGHT_CHANNELS, kernel_size=3, padding=1)
+
+    def image_features(self, images: list[torch.Tensor]) -> tuple:
+        """inception 4a and 4d maps and the (stride-8, stride-16) pair regions are pooled from."""
+        x3b, x4a, x4d, x4e = self.trunk_maps(images)
+        coarse = self.shared_map(x4e)
+        return x4a, x4d, (self.fine_map(x3b, coarse), coarse)
+
+    def fine_map(self, x3b: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        """The stride-8 map [N, 128, H/8, W/8] from inception_3b's and the thin stride-16 map."""
+        upsampled = F.interpolate(coarse, size=x3b.shape[-2:], mode="nearest")
+        return self.fine_smooth(self.fine_lateral(x3b) + upsampled)
+
+    def is_small(self, rois: torch.Tensor) -> torch.Tensor:
+        """Which RoIs [R, 5] (pixels) are pooled from the stride-8 map: [R] bool."""
+        sides = ((rois[:, 3] - rois[:, 1]).clamp(min=0) * (rois[:, 4] - rois[:, 2]).clamp(min=0)).sqrt()
+        return sides < self.SMALL_SIDE
+
+    def pool_regions(self, shared_maps: tuple[torch.Tensor, torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        """RoIs [R, 5] pooled [R, 128, 7, 7], each from its level of the (stride-8, stride-16) maps."""
+        fine, coarse = shared_maps
+        stride, size = self.LAYERS[self.roi_layer]
+        small = self.is_small(rois)
+        pooled = coarse.new_zeros((len(rois), coarse.shape[1], size, size))
+        if bool(small.any()):
+            pooled[small] = self._pool(fine, rois[small], self.FINE_STRIDE, size)
+        if not bool(small.all()):
+            pooled[~small] = self._pool(coarse, rois[~small], stride, size)
+        return pooled
+
+
 def dilate_inception5(trunk: GoogLeNet) -> None:
     """Dilate inception 5a/5b's spatial convolutions and pools by 2, in place (their padding
     doubles), for running them on a grid twice as fine as the one they were trained on."""
@@ -210,7 +272,7 @@ def dilate_inception5(trunk: GoogLeNet) -> None:
 
 
 #: model.roi_layer -> the shared-feature network that runs it
-ROI_NETWORKS = {layer: network for network in (SharedFeatureClassifier, LightHeadClassifier)
+ROI_NETWORKS = {layer: network for network in (SharedFeatureClassifier, LightHeadClassifier, PyramidLightHeadClassifier)
                 for layer in network.LAYERS}
 
 
