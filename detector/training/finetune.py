@@ -91,6 +91,17 @@ def region_losses(outputs: RegionOutputs, batch: RegionBatch, aux_weight: float,
     return {"loss": total, "cls_loss": cls_loss, "box_loss": box_loss, "aux_loss": aux_loss, "fg_accuracy": accuracy}
 
 
+def sampling_settings(config: Config) -> SamplingSettings:
+    """How fine-tuning minibatches are drawn, from the train and model sections (validated)."""
+    train, model = config.train, config.model
+    return SamplingSettings(
+        train.images_per_batch, train.regions_per_batch, train.fg_fraction, train.fg_iou,
+        (train.bg_iou_low, train.bg_iou_high), train.bbox_iou, train.flip,
+        model.input_size, model.context_pad, model.mode, model.roi_short_side, model.roi_max_side,
+        tuple(train.scales), train.photometric, train.fg_sampling, train.repeat_factor,
+    )
+
+
 class Trainer:
     """Owns the model, optimiser, schedule, EMA and run directory of one training run."""
 
@@ -189,15 +200,8 @@ class Trainer:
 
     def _batches(self) -> TrainBatches:
         config, train = self.config, self.config.train
-        settings = SamplingSettings(
-            train.images_per_batch, train.regions_per_batch, train.fg_fraction, train.fg_iou,
-            (train.bg_iou_low, train.bg_iou_high), train.bbox_iou, train.flip,
-            config.model.input_size, config.model.context_pad,
-            config.model.mode, config.model.roi_short_side, config.model.roi_max_side,
-            tuple(train.scales), train.photometric,
-        )
         batches = TrainBatches(
-            self.dataset, _ProposalSource(config.proposals, default_cache_dir(config)), settings,
+            self.dataset, _ProposalSource(config.proposals, default_cache_dir(config)), sampling_settings(config),
             train.iterations, config.seed, self.context.rank,
         )
         if train.extra_split:  # R-CNN on ILSVRC: extra positives from DET train's ground truth
@@ -240,6 +244,10 @@ class Trainer:
             save_config(self.config, self.run_dir / "config.yaml")
             log.info("training %s on %s: %d images, %s", self.run_dir, self.dataset.name,
                      len(self.dataset.records), self.precision.description)
+            if train.repeat_factor:
+                factors = self.batches.class_repeat_factors()
+                log.info("repeat-factor sampling (t=%g), r(c): %s", train.repeat_factor,
+                         ", ".join(f"{name} {r:.2f}" for name, r in zip(self.dataset.display_names, factors)))
         logger = CsvLog(self.run_dir / "train_log.csv", LOG_FIELDS, self.iteration) if self.context.is_main else None
         progress = tqdm(total=train.iterations, initial=self.iteration, disable=not self.context.is_main,
                         desc="train", dynamic_ncols=True)

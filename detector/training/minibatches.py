@@ -1,9 +1,9 @@
 """Training minibatches for the region classifier, one deterministic batch per iteration.
 
-Batch ``i`` is a pure function of (seed, i, rank): which images, whether each is flipped and
-which regions are sampled all come from ``np.random.default_rng([seed, i, rank])``. Resuming at
-iteration ``i`` therefore replays exactly the batches an uninterrupted run would have seen,
-and DataLoader workers need no shared state.
+Batch ``i`` is a pure function of (seed, i, rank): which images (uniformly, or by LVIS repeat
+factor), whether each is flipped and which regions are sampled all come from
+``np.random.default_rng([seed, i, rank])``. Resuming at iteration ``i`` therefore replays exactly
+the batches an uninterrupted run would have seen, and DataLoader workers need no shared state.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from detector.data.datasets import Dataset, ImageRecord
 from detector.data.images import load_image
 from detector.data.transforms import photometric_jitter
 from detector.modeling.regions import normalize_image, resize_for_roi, roi_inputs, warp_regions
-from detector.training.sampling import sample_regions
+from detector.training.sampling import FG_SAMPLING, class_repeat_factors, image_repeat_factors, sample_regions
 
 #: image path -> proposals float32 [P, 4] xyxy (pixels of the image file)
 ProposalFn = Callable[[Path], np.ndarray]
@@ -45,12 +45,18 @@ class SamplingSettings:
     roi_max_side: int = 1000
     scales: tuple[int, ...] = ()  #: roi mode: shorter sides to draw from (empty = roi_short_side)
     photometric: float = 0.0  #: brightness / contrast / saturation jitter strength (0 = off)
+    fg_sampling: str = "uniform"  #: uniform: over foreground proposals; per_object: over ground-truth objects
+    repeat_factor: float = 0.0  #: LVIS repeat-factor threshold t of image sampling (0 = uniform images)
 
     def __post_init__(self) -> None:
         if any(side <= 0 for side in self.scales):
             raise UserError(f"train.scales {list(self.scales)}: shorter sides must be positive pixels")
         if not 0 <= self.photometric < 1:
             raise UserError(f"train.photometric {self.photometric}: expected a strength in [0, 1)")
+        if self.fg_sampling not in FG_SAMPLING:
+            raise UserError(f"train.fg_sampling {self.fg_sampling!r}: expected one of {', '.join(FG_SAMPLING)}")
+        if self.repeat_factor < 0:
+            raise UserError(f"train.repeat_factor {self.repeat_factor}: expected a threshold >= 0 (0 = off)")
 
     def roi_sides(self, rng: np.random.Generator) -> tuple[int, int]:
         """(shorter side, longer-side cap) of one training image: a random scale of `scales`, the
@@ -80,12 +86,14 @@ class TrainBatches(TorchDataset):
         self, dataset: Dataset, proposal_fn: ProposalFn, settings: SamplingSettings,
         iterations: int, seed: int = 0, rank: int = 0,
     ) -> None:
-        self.records = [r for r in dataset.records if (~r.ignore).any()]
-        if not self.records:
+        records = [r for r in dataset.records if (~r.ignore).any()]
+        if not records:
             raise UserError(f"{dataset.name}: no image has a (non-difficult) object to train on")
         self.ground_truth_only: set[int] = set()  #: indices into records of ground-truth-only images
+        self.num_classes = len(dataset.classes)
         self.proposal_fn = proposal_fn
         self.settings = settings
+        self._set_records(records)
         self.iterations = iterations
         self.seed = seed
         self.rank = rank
@@ -98,7 +106,27 @@ class TrainBatches(TorchDataset):
         no background (R-CNN on ILSVRC: DET train images are not exhaustively annotated)."""
         kept = [r for r in records if (~r.ignore).any()]
         self.ground_truth_only.update(range(len(self.records), len(self.records) + len(kept)))
-        self.records = self.records + kept
+        self._set_records(self.records + kept)
+
+    def _set_records(self, records: list[ImageRecord]) -> None:
+        """Draw from `records`; with repeat-factor sampling each with probability proportional to r(I)."""
+        self.records = records
+        self.image_probabilities = None  #: [N] draw probability of each record; None = uniform
+        if self.settings.repeat_factor:
+            factors = image_repeat_factors(self._image_classes(), self.class_repeat_factors())
+            self.image_probabilities = factors / factors.sum()
+
+    def _image_classes(self) -> list[np.ndarray]:
+        return [r.labels[~r.ignore] for r in self.records]
+
+    def class_repeat_factors(self) -> np.ndarray:
+        """LVIS r(c) [C] of each class over the records drawn (train.repeat_factor as t)."""
+        return class_repeat_factors(self._image_classes(), self.num_classes, self.settings.repeat_factor)
+
+    def draw_images(self, rng: np.random.Generator) -> np.ndarray:
+        """Indices into records of one batch's images, distinct: uniform, or by repeat factor."""
+        size = min(self.settings.images_per_batch, len(self.records))
+        return rng.choice(len(self.records), size=size, replace=False, p=self.image_probabilities)
 
     def _image_regions(self, record: ImageRecord, rng: np.random.Generator, num_regions: int, index: int,
                        gt_only: bool = False):
@@ -117,7 +145,7 @@ class TrainBatches(TorchDataset):
             proposals, gt_boxes = hflip_boxes(proposals, width), hflip_boxes(gt_boxes, width)
         targets = sample_regions(
             torch.from_numpy(proposals), torch.from_numpy(gt_boxes), torch.from_numpy(gt_labels),
-            num_regions, rng, s.fg_fraction, s.fg_iou, s.bg_iou, s.bbox_iou,
+            num_regions, rng, s.fg_fraction, s.fg_iou, s.bg_iou, s.bbox_iou, s.fg_sampling,
         )
         if s.photometric:
             image = photometric_jitter(image, rng, s.photometric, s.photometric, s.photometric)
@@ -130,7 +158,7 @@ class TrainBatches(TorchDataset):
     def __getitem__(self, iteration: int) -> RegionBatch:
         s = self.settings
         rng = np.random.default_rng([self.seed, iteration, self.rank])
-        picks = rng.choice(len(self.records), size=min(s.images_per_batch, len(self.records)), replace=False)
+        picks = self.draw_images(rng)
         per_image = s.regions_per_batch // len(picks)
         parts = [self._image_regions(self.records[i], rng, per_image, k, int(i) in self.ground_truth_only)
                  for k, i in enumerate(picks)]
