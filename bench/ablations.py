@@ -1,19 +1,26 @@
-"""Ablation table: one ``rcnn run`` per row (a config plus overrides), then a Markdown table of
-every row's scores, read back from each row's run folder.
+"""Ablation table: one experiment per row, then a Markdown table of every row's scores, read
+back from each row's run folder.
 
     python bench/ablations.py bench/ablations/aquarium.yaml --set model.init=PATH.pth
     python bench/ablations.py bench/ablations/aquarium.yaml --rows baseline fine-level --table-only
 
-The YAML file names the base ``config``, the ``workdir`` holding one run folder per row, the
-overrides every row gets (``shared``; ``--set`` adds more) and the ``rows`` (name -> list of
-``KEY=VALUE`` overrides, as ``rcnn run --set`` takes them). Rows run one after another, each
-resumable: ``rcnn run`` reuses finished stages and resumes training from its last checkpoint,
-so rerunning the same command after a kill continues where it stopped. Give the rows one
-proposal cache (``proposals.cache_dir`` in ``shared``) so that only the first searches.
+The YAML file names the base ``config``, the ``workdir`` holding one folder per row, the
+overrides every row gets (``shared``; ``--set`` adds more) and the ``rows``, each one of:
 
-The table (stdout and ``<workdir>/ablations.md``) has, per evaluated split, the run's primary
-mAP, COCO AP / AP50 / AP75 / AP by object size when the run scores ``coco`` too, and the
-training minutes; a row that has not finished shows its missing numbers as ``-``.
+- a list of ``KEY=VALUE`` overrides (as ``rcnn run --set`` takes them): an ``rcnn run``;
+- ``{from: ROW, set: [KEY=VALUE, ...]}``: ROW's trained model re-scored by ``rcnn eval`` with
+  test-time settings changed (no training);
+- ``{detections: PATH, format: coco}``: another tool's results scored by ``rcnn eval`` (``{split}``
+  in PATH is replaced by each split), so peers and our rows meet the same evaluator.
+
+Rows run one after another, each resumable: ``rcnn run`` reuses finished stages and resumes
+training from its last checkpoint, ``rcnn eval`` its cached detections, so rerunning the same
+command after a kill continues where it stopped. Give the rows one proposal cache
+(``proposals.cache_dir`` in ``shared``) so that only the first searches.
+
+The table (stdout and ``<workdir>/ablations.md``) has, per split, the primary mAP, COCO AP /
+AP50 / AP75 / AP by object size when ``coco`` is scored too, and the training minutes; numbers
+a row does not have yet show as ``-``.
 """
 from __future__ import annotations
 
@@ -29,8 +36,8 @@ COCO_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def read_plan(path: Path) -> dict:
-    """The ablation file: {config, workdir, shared: [..], rows: {name: [..]}}; SystemExit naming
-    the file and the key when it is malformed."""
+    """The ablation file: {config, workdir, shared: [..], rows: {name: row}}; SystemExit naming
+    the file and the row when it is malformed."""
     try:
         plan = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -40,21 +47,67 @@ def read_plan(path: Path) -> dict:
     rows = plan["rows"]
     if not isinstance(rows, dict) or not rows:
         raise SystemExit(f"error: {path}: rows must map row names to lists of KEY=VALUE overrides")
-    for name, overrides in {"shared": plan.get("shared") or [], **rows}.items():
-        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
-            raise SystemExit(f"error: {path}: {name}: expected a list of KEY=VALUE strings")
+    _check_overrides(path, "shared", plan.get("shared") or [])
+    for name, row in rows.items():
+        if isinstance(row, dict):
+            if not ({"from"} <= set(row) <= {"from", "set"} or {"detections"} <= set(row) <= {"detections", "format"}):
+                raise SystemExit(f"error: {path}: {name}: expected {{from: ROW, set: [..]}} or "
+                                 "{detections: PATH, format: F}")
+            if row.get("from") is not None and row["from"] not in rows:
+                raise SystemExit(f"error: {path}: {name}: from {row['from']!r} is not a row")
+            _check_overrides(path, name, row.get("set") or [])
+        else:
+            _check_overrides(path, name, row or [])
     return plan
 
 
-def run_row(plan: dict, name: str, extra: list[str], workers: int) -> int:
-    """``rcnn run`` of one row (its log in the run folder's run.log); the exit status."""
-    overrides = [*(plan.get("shared") or []), *extra, *(plan["rows"][name] or [])]
-    command = [sys.executable, "-m", "detector", "run", "--config", plan["config"],
-               "--workdir", str(Path(plan["workdir"]) / name), "--workers", str(workers)]
+def _check_overrides(path: Path, name: str, overrides) -> None:
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise SystemExit(f"error: {path}: {name}: expected a list of KEY=VALUE strings")
+
+
+def _with_sets(command: list[str], overrides: list[str]) -> list[str]:
     for override in overrides:
         command += ["--set", override]
-    print(f"== {name}: {' '.join(command[2:])}", flush=True)
-    return subprocess.call(command)
+    return command
+
+
+def run_row(plan: dict, name: str, extra: list[str], splits: list[str], workers: int) -> int:
+    """One row: ``rcnn run``, or ``rcnn eval`` of each split (logs in the row's folder); the exit
+    status (the first non-zero one)."""
+    row, folder = plan["rows"][name], Path(plan["workdir"]) / name
+    shared = [*(plan.get("shared") or []), *extra]
+    if not isinstance(row, dict):
+        command = _with_sets([sys.executable, "-m", "detector", "run", "--config", plan["config"],
+                              "--workdir", str(folder), "--workers", str(workers)], [*shared, *(row or [])])
+        print(f"== {name}: {' '.join(command[2:])}", flush=True)
+        return subprocess.call(command)
+    if "from" in row:
+        model = trained_model(Path(plan["workdir"]) / row["from"])
+        if model is None:
+            print(f"error: {name}: row {row['from']} has no trained model yet", file=sys.stderr)
+            return 1
+        source = ["--weights", str(model)]
+    for split in splits:
+        if "detections" in row:
+            source = ["--detections", row["detections"].replace("{split}", split), "--format", row.get("format", "auto")]
+        command = _with_sets([sys.executable, "-m", "detector", "eval", "--config", plan["config"], "--split", split,
+                              *source, "--out", str(folder / "eval" / split)],
+                             [*shared, f"output_dir={folder}", *(row.get("set") or [])])  # caches in the row's folder
+        print(f"== {name} {split}: {' '.join(command[2:])}", flush=True)
+        status = subprocess.call(command)
+        if status:
+            return status
+    return 0
+
+
+def trained_model(run_dir: Path) -> Path | None:
+    """The model file a finished ``rcnn run`` folder trained (its train stage's output), or None."""
+    manifest = run_dir / "stages" / "train.json"
+    if not manifest.is_file():
+        return None
+    outputs = json.loads(manifest.read_text(encoding="utf-8"))["outputs"]
+    return run_dir / next(iter(outputs))
 
 
 def row_scores(run_dir: Path) -> dict:
@@ -74,6 +127,15 @@ def row_scores(run_dir: Path) -> dict:
     return scores
 
 
+def describe(row) -> str:
+    """A row's overrides (or source) for the table."""
+    if isinstance(row, dict):
+        if "detections" in row:
+            return f"results `{row['detections']}`"
+        return " ".join([f"model of {row['from']}:", *(f"`{o}`" for o in row.get("set") or [])])
+    return " ".join(f"`{o}`" for o in row or []) or "(shared only)"
+
+
 def _cell(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -87,7 +149,7 @@ def table(plan: dict, names: list[str], splits: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
     for name in names:
         scores = row_scores(Path(plan["workdir"]) / name)
-        cells = [name, " ".join(f"`{o}`" for o in plan["rows"][name] or []) or "(shared only)"]
+        cells = [name, describe(plan["rows"][name])]
         for split in splits:
             got = scores.get(split, {})
             cells += [_cell(got.get("mAP")), *(_cell(got.get(c)) for c in COCO_COLUMNS)]
@@ -112,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in plan["rows"]]
     if unknown:
         raise SystemExit(f"error: {args.plan}: no row {', '.join(unknown)} (rows: {', '.join(plan['rows'])})")
-    failed = [] if args.table_only else [n for n in names if run_row(plan, n, args.set, args.workers) != 0]
+    failed = [] if args.table_only else [n for n in names if run_row(plan, n, args.set, args.splits, args.workers) != 0]
     text = table(plan, names, args.splits)
     Path(plan["workdir"]).mkdir(parents=True, exist_ok=True)
     (Path(plan["workdir"]) / "ablations.md").write_text(text, encoding="utf-8")

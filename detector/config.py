@@ -99,6 +99,9 @@ class TestConfig:
     vote_iou: float = 0.5  #: box voting neighbourhood (Gidaris & Komodakis)
     wbf_iou: float = 0.55  #: weighted boxes fusion cluster IoU
     flip: bool = False  #: test-time horizontal flip, averaged like an extra model
+    #: roi mode: shorter sides to test at (empty = the model's own); several: each region scored at
+    #: the one that brings its area closest to input_size² (Fast R-CNN's multi-scale testing)
+    scales: list[int] = field(default_factory=list)
     precision: str = "auto"  #: auto (int8 with VNNI, else native bf16, else fp32; those agreeing with fp32) | fp32 | bf16 | fp16 | int8
     int8_calibration_images: int = 60  #: training images whose regions calibrate int8 (a quarter held out)
     weights: list[str] = field(default_factory=list)  #: checkpoints; several = ensemble

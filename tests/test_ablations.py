@@ -49,6 +49,8 @@ def test_a_row_not_run_yet_shows_dashes(tmp_path):
 
 @pytest.mark.parametrize("plan, message", [
     ({"config": "tiny", "workdir": "w"}, "expected a mapping with config, workdir, rows"),
+    ({"config": "tiny", "workdir": "w", "rows": {"a": {"from": "b"}}}, "a: from 'b' is not a row"),
+    ({"config": "tiny", "workdir": "w", "rows": {"a": {"model": "x"}}}, "a: expected {from: ROW, set: [..]} or"),
     ({"config": "tiny", "workdir": "w", "rows": {"a": "train.lr=1"}}, "a: expected a list of KEY=VALUE strings"),
     ({"config": "tiny", "workdir": "w", "shared": ["oops"], "rows": {"a": []}}, "shared: expected a list"),
 ])
@@ -61,3 +63,34 @@ def test_a_malformed_plan_is_one_line_naming_the_file(tmp_path, plan, message):
 def test_an_unknown_row_is_named(tmp_path):
     done = _ablate({"config": "tiny", "workdir": "w", "rows": {"a": []}}, tmp_path, "--rows", "b", "--table-only")
     assert done.returncode != 0 and "no row b (rows: a)" in done.stderr
+
+
+@pytest.mark.slow
+def test_eval_rows_rescore_a_trained_row_and_score_other_tools_results(tiny_voc, tmp_path):
+    """{from: row, set: [...]}: the row's model under other test settings; {detections: ...}: results
+    of another tool (here big-test's detections, which rcnn eval saved as COCO JSON) through the same evaluator."""
+    shared = [f"data.root={tiny_voc}", f"proposals.cache_dir={tmp_path / 'cache'}", "eval.splits=[test]",
+              "eval.save_formats=[coco]"]
+    plan = {"config": "tiny", "workdir": str(tmp_path / "rows"), "shared": shared,
+            "rows": {"base": ["model.mode=roi", "model.roi_layer=5b-dilated", "model.roi_short_side=96"],
+                     "big-test": {"from": "base", "set": ["test.scales=[160]"]},
+                     "peer": {"detections": str(tmp_path / "rows" / "big-test" / "eval" / "{split}" / "detections_{split}_rcnn_results.json"),
+                              "format": "coco"}}}
+    done = _ablate(plan, tmp_path, "--splits", "test", "--workers", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in done.stdout.splitlines()
+            if line.startswith(("| base", "| big-test", "| peer"))}
+    assert "model of base: `test.scales=[160]`" in rows["big-test"][1]
+    assert rows["peer"][2:9] == rows["big-test"][2:9]  # the same detections, scored by the same evaluator
+    assert rows["big-test"][2] != "-" and rows["big-test"][-1].strip(" |") == "-"  # scored, not trained
+    assert not (tmp_path / "rows" / "big-test" / "train").exists()
+    config = yaml.safe_load((tmp_path / "rows" / "big-test" / "eval" / "test" / "config.yaml").read_text())
+    assert config["test"]["scales"] == [160]
+
+
+def test_an_eval_row_before_its_model_exists_fails_by_name(tmp_path):
+    plan = {"config": "tiny", "workdir": str(tmp_path / "rows"),
+            "rows": {"base": [], "later": {"from": "base", "set": ["test.flip=true"]}}}
+    done = _ablate(plan, tmp_path, "--rows", "later")
+    assert done.returncode == 1 and "later: row base has no trained model yet" in done.stderr
+    assert "| later | model of base: `test.flip=true` | - |" in done.stdout

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from detector.common.errors import UserError
+from detector.common.precision import Precision
 from detector.config import load_config
 from detector.data.datasets import DatasetConfig, load_dataset
 from detector.data.images import load_image
 from detector.inference.detector import Detector
+from detector.inference.scorers import FineTunedScorer
 from detector.modeling.build import build_model
 from detector.modeling.checkpoint import load_checkpoint
 from detector.modeling.googlenet import LightHeadClassifier, PyramidLightHeadClassifier, SharedFeatureClassifier
@@ -174,3 +176,48 @@ def test_photometric_jitter_changes_pixels_not_geometry(tiny_voc):
 def test_bad_augmentation_settings_are_named(settings):
     with pytest.raises(UserError, match="train.scales|train.photometric"):
         SamplingSettings(**settings)
+
+
+FP32 = Precision(torch.device("cpu"), None)
+
+
+def _light_scorer(roi_sides=(96, 128)) -> FineTunedScorer:
+    torch.manual_seed(0)
+    model = build_model(2, mode="roi", roi_layer="5b-dilated").eval()
+    for module in model.modules():  # activations and scores far from uniform, so scales tell apart
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(module.weight)
+    return FineTunedScorer(model, ["square", "disc"], ["square", "disc"], 64, 4, "light", roi_sides=roi_sides)
+
+
+def test_one_test_scale_is_the_model_run_at_that_scale():
+    image, boxes = torch.randn(3, 150, 200), torch.tensor([[10.0, 10.0, 60.0, 70.0], [0.0, 0.0, 200.0, 150.0]])
+    rescaled = _light_scorer().score_image(image, boxes, FP32, 64, scales=[144])
+    reference = _light_scorer(roi_sides=(144, 192)).score_image(image, boxes, FP32, 64)
+    assert _light_scorer().test_sides([144, 48]) == [(144, 192), (48, 64)]
+    torch.testing.assert_close(rescaled.scores, reference.scores)
+    torch.testing.assert_close(rescaled.deltas, reference.deltas)
+
+
+def test_several_test_scales_score_each_box_where_its_area_is_closest_to_the_input_size():
+    scorer, image = _light_scorer(), torch.randn(3, 150, 200)
+    # at scale 0.32 (48 px) and 1.28 (192 px): a 40x40 box is 51 px at 1.28 (closer to 64 px),
+    # a 200x150 box 64x48 px at 0.32
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 50.0], [0.0, 0.0, 200.0, 150.0], [60.0, 30.0, 100.0, 70.0]])
+    both = scorer.score_image(image, boxes, FP32, 2, scales=[48, 192])
+    small = scorer.score_image(image, boxes, FP32, 2, scales=[192])
+    large = scorer.score_image(image, boxes, FP32, 2, scales=[48])
+    for rows, expected in (([0, 2], small), ([1], large)):
+        torch.testing.assert_close(both.scores[rows], expected.scores[rows])
+        torch.testing.assert_close(both.deltas[rows], expected.deltas[rows])
+    assert (small.scores[1] - large.scores[1]).abs().max() > 1e-3  # the choice matters
+
+
+def test_test_scales_are_checked_and_key_the_detections(tiny_voc, tmp_path):
+    from detector.config import detection_settings
+
+    config = load_config("tiny", [f"data.root={tiny_voc}", "test.scales=[480,800]"])
+    assert config.test.scales == [480, 800] and detection_settings(config.test)["scales"] == [480, 800]
+    bad = load_config("tiny", [f"data.root={tiny_voc}", "test.scales=[0]"])
+    with pytest.raises(UserError, match=r"test.scales \[0\]: shorter sides must be positive pixels"):
+        Detector([_light_scorer()], bad.proposals, bad.test)

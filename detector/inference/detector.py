@@ -75,6 +75,8 @@ class Detector:
         first = scorers[0]
         if test_config.max_proposals < 0:
             raise UserError(f"test.max_proposals = {test_config.max_proposals}: expected 0 (all) or more")
+        if any(side <= 0 for side in test_config.scales):
+            raise UserError(f"test.scales {list(test_config.scales)}: shorter sides must be positive pixels")
         flush_denormals()
         self.precision = precision or resolve_precision(test_config.precision)
         self.scorers = [s.to(self.precision) for s in scorers]
@@ -122,7 +124,8 @@ class Detector:
         for k, (scorer, flip) in enumerate(members):
             if scorer.shares_features:
                 image, member_boxes = (normalized.flip(-1), hflip_boxes(boxes, width)) if flip else (normalized, boxes)
-                out = scorer.score_image(image, member_boxes, self.precision, self.test_config.batch_size)
+                out = scorer.score_image(image, member_boxes, self.precision, self.test_config.batch_size,
+                                         self.test_config.scales)
                 scores[k], deltas[k] = out.scores, out.deltas
 
     def _score_crops(self, members, normalized, boxes, scores, deltas) -> None:

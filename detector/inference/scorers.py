@@ -6,6 +6,7 @@ checkpoint; ``ImageNetScorer`` is the no-training default: torchvision's ImageNe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,11 +103,40 @@ class FineTunedScorer(RegionScorer):
             return RegionScores(self.svm.scores(features), self.svm.deltas(features))
         return RegionScores(F.softmax(out.class_logits.float(), dim=1).cpu(), out.box_deltas.float().cpu())
 
-    def score_image(self, image: torch.Tensor, boxes: torch.Tensor, precision: Precision, batch_size: int) -> RegionScores:
-        """Shared-feature (roi) scoring of boxes [N, 4] on a normalised image [3, H, W]: one
-        trunk pass, then RoIAlign (+ inception 5 for roi_layer 4e) + heads in chunks of
-        `batch_size` regions."""
-        resized, scale = resize_for_roi(image, *self.roi_sides)
+    def test_sides(self, scales: Sequence[int] = ()) -> list[tuple[int, int]]:
+        """(shorter side, longer-side cap) of each test scale: the model's own for no `scales`,
+        else each shorter side with the cap scaled alike (as train.scales does)."""
+        short, longest = self.roi_sides
+        return [(int(side), round(longest * side / short)) for side in scales] or [self.roi_sides]
+
+    def score_image(self, image: torch.Tensor, boxes: torch.Tensor, precision: Precision, batch_size: int,
+                    scales: Sequence[int] = ()) -> RegionScores:
+        """Shared-feature (roi) scoring of boxes [N, 4] on a normalised image [3, H, W], at the
+        model's scale or at test `scales` (shorter sides): with several, each box is scored at
+        the one where its area comes closest to input_size² (Fast R-CNN's multi-scale testing),
+        one trunk pass per scale that some box needs."""
+        sides = self.test_sides(scales)
+        if len(sides) == 1:
+            return self._score_at(image, boxes, precision, batch_size, sides[0])
+        height, width = image.shape[1:]
+        factors = torch.tensor([min(short / min(height, width), longest / max(height, width)) for short, longest in sides])
+        areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None] * factors[None] ** 2
+        chosen = (areas - self.input_size ** 2).abs().argmin(dim=1)  # [N] index into sides
+        scores = torch.empty((len(boxes), len(self.classes) + 1))
+        deltas = torch.zeros((len(boxes), 4 * len(self.classes)))
+        for index, side in enumerate(sides):
+            mine = chosen == index
+            if bool(mine.any()):
+                out = self._score_at(image, boxes[mine], precision, batch_size, side)
+                scores[mine] = out.scores
+                deltas[mine] = out.deltas
+        return RegionScores(scores, deltas)
+
+    def _score_at(self, image: torch.Tensor, boxes: torch.Tensor, precision: Precision, batch_size: int,
+                  sides: tuple[int, int]) -> RegionScores:
+        """Scores of boxes [N, 4] from one trunk pass over the image resized to `sides`, then
+        RoIAlign (+ inception 5 for roi_layer 4e) + heads in chunks of `batch_size` regions."""
+        resized, scale = resize_for_roi(image, *sides)
         network = self._network(precision)
         with precision.autocast():
             resized = prepare_input(resized, precision)
