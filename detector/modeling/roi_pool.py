@@ -44,11 +44,15 @@ def axis_weights(lo: torch.Tensor, hi: torch.Tensor, length: int, size: int, sca
 def roi_align_matmul(maps: torch.Tensor, rois: torch.Tensor, size: int, spatial_scale: float,
                      sampling_ratio: int = 2) -> torch.Tensor:
     """Pooled regions [R, C, size, size] of feature maps [N, C, H, W] for `rois` [R, 5]
-    (image index, x1, y1, x2, y2 in input pixels); `spatial_scale` = 1 / the maps' stride."""
+    (image index, x1, y1, x2, y2 in input pixels); `spatial_scale` = 1 / the maps' stride.
+
+    The sampling geometry is computed in fp32 whatever the maps' dtype (bf16 would round a
+    coordinate of 512-1024 pixels to 4, a quarter cell at stride 16); only the products run in
+    the maps' dtype."""
     height, width = maps.shape[-2:]
-    rois = rois.to(maps.dtype)
-    wy = axis_weights(rois[:, 2], rois[:, 4], height, size, spatial_scale, sampling_ratio)
-    wx = axis_weights(rois[:, 1], rois[:, 3], width, size, spatial_scale, sampling_ratio)
+    rois = rois.float()
+    wy = axis_weights(rois[:, 2], rois[:, 4], height, size, spatial_scale, sampling_ratio).to(maps.dtype)
+    wx = axis_weights(rois[:, 1], rois[:, 3], width, size, spatial_scale, sampling_ratio).to(maps.dtype)
     image_index = rois[:, 0].long()
     order = torch.argsort(image_index, stable=True)
     parts = []
