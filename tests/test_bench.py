@@ -29,7 +29,9 @@ ROWS = [
       for case in ("1 model, rcnn preset", "1 model, rcnn preset, warps overlapped", "1 model, googlenet preset",
                    "ensemble of 3, rcnn preset",
                    "roi 4e, 64 px, rcnn preset", "roi 5b, 64 px, rcnn preset", "roi 5b-dilated, 64 px, rcnn preset",
-                   "roi 5b-dilated, 64 px, rcnn preset, fp32", "roi 5b-dilated, 64 px, rcnn preset, int8")
+                   "roi 5b-dilated+3b, 64 px, rcnn preset",
+                   "roi 5b-dilated, 64 px, rcnn preset, fp32", "roi 5b-dilated, 64 px, rcnn preset, int8",
+                   "roi 5b-dilated+3b, 64 px, rcnn preset, fp32", "roi 5b-dilated+3b, 64 px, rcnn preset, int8")
       for stage in ("total", "proposals", "regions", "postprocess")],
 ]
 TRAINING_AND_MEMORY = [

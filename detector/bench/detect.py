@@ -3,8 +3,8 @@ stage (proposals, regions, postprocess), each stage compared with the same stage
 
 Baseline: one model on warped crops; beside it the other choice of overlapping warps, the
 googlenet preset, an ensemble of 3, and the shared-feature (roi) mode at each
-``model.roi_layer``; the light head also at fp32 and int8 (calibrated on the first image's
-proposals).
+``model.roi_layer``; the light heads (with and without the stride-8 level) also at fp32 and int8
+(calibrated on the first image's proposals).
 """
 from __future__ import annotations
 

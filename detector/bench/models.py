@@ -66,10 +66,10 @@ def shared_feature_scorer(model: RegionClassifier, roi_layer: str, roi_sides: tu
                           settings: BenchSettings) -> FineTunedScorer:
     """`model`'s weights run in the shared-feature (roi) mode, pooling at `roi_layer`, on images
     resized to `roi_sides` (shorter side, cap on the longer). Layers only that mode has (the
-    5b-dilated light head) keep their random initialisation."""
+    light head's, and its stride-8 level's) keep their random initialisation."""
     shared = make_network("roi", model.num_classes, aux_classifiers=False, roi_layer=roi_layer).eval()
     missing, unexpected = shared.load_state_dict(inference_copy(model).state_dict(), strict=False)
-    assert not unexpected and all(key.startswith("light_") for key in missing), (missing, unexpected)
+    assert not unexpected and all(key.startswith(("light_", "fine_")) for key in missing), (missing, unexpected)
     return FineTunedScorer(shared, CLASS_NAMES, CLASS_NAMES, settings.crop_size, settings.context_pad,
                            f"roi {roi_layer}, {roi_sides[0]} px", roi_sides=roi_sides)
 

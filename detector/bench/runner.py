@@ -12,7 +12,7 @@ Sections and their baselines:
   compared with fp32 and bf16 in its note.
 - ``detect`` (:mod:`detector.bench.detect`): seconds per image per stage, one model on warped
   crops (baseline), googlenet preset, ensemble of 3, and the shared-feature (roi) mode at each
-  ``model.roi_layer``; the light head also at fp32 and int8 (calibrated on the first image's
+  ``model.roi_layer``; the light heads also at fp32 and int8 (calibrated on the first image's
   proposals).
 - ``training`` (:mod:`detector.bench.training`): regions/s of an SGD step (aux heads on);
   baseline fp32.
